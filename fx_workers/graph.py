@@ -1,0 +1,94 @@
+"""Neo4j access: the driver, and bulk reads that return columns as numpy arrays.
+
+Labels, types and property names come from :class:`~fx_workers.config.GraphModel` (validated as
+identifiers); every value reaches Neo4j as a query parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from neo4j import Driver
+
+    from fx_workers.config import GraphModel, Neo4jConfig
+
+
+def open_driver(config: Neo4jConfig) -> Driver:
+    """A connected driver; the caller closes it (use it as a context manager)."""
+    from neo4j import GraphDatabase
+
+    return GraphDatabase.driver(config.uri, auth=(config.user, config.secret()))
+
+
+@dataclass(frozen=True)
+class Cypher:
+    """The queries fx runs, rendered for one graph model."""
+
+    model: GraphModel
+
+    @property
+    def _names(self) -> dict[str, str]:
+        m = self.model
+        return {
+            "A": m.account_label,
+            "T": m.transfer_type,
+            "id": m.id_property,
+            "tx": m.tx_id_property,
+            "amount": m.amount_property,
+            "ts": m.ts_property,
+        }
+
+    def render(self, template: str) -> str:
+        return template.format(**self._names)
+
+    @property
+    def accounts(self) -> str:
+        """Every account id with its number of transfers up to ``$as_of`` (the batch cost)."""
+        return self.render(
+            "MATCH (a:{A}) "
+            "RETURN collect(a.{id}) AS ids, "
+            "collect(COUNT {{ (a)-[t:{T}]-() WHERE t.{ts} <= $as_of }}) AS costs"
+        )
+
+    @property
+    def out_edges(self) -> str:
+        """Per batch account, in ``$ids`` order: its outgoing transfers up to ``$as_of``."""
+        return self.render(
+            "UNWIND $ids AS id "
+            "OPTIONAL MATCH (:{A} {{{id}: id}})-[t:{T}]->(q:{A}) WHERE t.{ts} <= $as_of "
+            "RETURN id, collect(t.{tx}) AS tx, collect(q.{id}) AS other, "
+            "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
+        )
+
+    @property
+    def in_edges(self) -> str:
+        """Per batch account, in ``$ids`` order: its incoming transfers up to ``$as_of``."""
+        return self.render(
+            "UNWIND $ids AS id "
+            "OPTIONAL MATCH (:{A} {{{id}: id}})<-[t:{T}]-(p:{A}) WHERE t.{ts} <= $as_of "
+            "RETURN id, collect(t.{tx}) AS tx, collect(p.{id}) AS other, "
+            "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
+        )
+
+    @property
+    def neighbour_counts(self) -> str:
+        """Every counterparty of the batch with its own out and in transfer counts up to ``$as_of``."""
+        return self.render(
+            "UNWIND $ids AS id "
+            "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE t.{ts} <= $as_of "
+            "WITH DISTINCT u "
+            "RETURN collect(u.{id}) AS ids, "
+            "collect(COUNT {{ (u)-[x:{T}]->() WHERE x.{ts} <= $as_of }}) AS out_count, "
+            "collect(COUNT {{ (u)<-[x:{T}]-() WHERE x.{ts} <= $as_of }}) AS in_count"
+        )
+
+
+def as_array(values: list, dtype: type) -> np.ndarray:
+    """A driver list as a numpy array (``str`` becomes a unicode array)."""
+    if dtype is str:
+        return np.array(values, dtype=np.str_) if values else np.array([], dtype="<U1")
+    return np.asarray(values, dtype=dtype)
