@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,7 +23,7 @@ app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
 
-class CsvFormat(str, Enum):
+class CsvFormat(StrEnum):
     native = "native"
     amlworld = "amlworld"
 

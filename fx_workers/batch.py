@@ -1,0 +1,55 @@
+"""The arrays that travel between the graph read, the feature engine, messages and sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EdgeArrays:
+    """Transfers incident to a batch, one row per (batch account, transfer).
+
+    ``owner`` indexes the batch account the row belongs to; ``other`` is the counterparty's id.
+    """
+
+    owner: np.ndarray  # int64
+    tx: np.ndarray  # str
+    other: np.ndarray  # str
+    amount: np.ndarray  # float64
+    ts: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """Everything the features of a batch of accounts need, read from the graph in bulk.
+
+    ``out`` holds each account's outgoing transfers and ``inc`` its incoming ones, both with
+    ``ts <= as_of``; a self-transfer appears in both. ``neighbour_*`` give, for every
+    counterparty of the batch, its own out and in transfer counts up to ``as_of``.
+    """
+
+    ids: np.ndarray  # str, the batch accounts in request order
+    as_of: int
+    out: EdgeArrays
+    inc: EdgeArrays
+    neighbour_ids: np.ndarray  # str
+    neighbour_out_count: np.ndarray  # int64
+    neighbour_in_count: np.ndarray  # int64
+
+
+@dataclass(frozen=True)
+class BatchFeatures:
+    """The features of one batch: a row per account and a row per outgoing transfer.
+
+    Columns follow :data:`fx_workers.features.NODE_FEATURES` and ``EDGE_FEATURES``.
+    """
+
+    node_ids: np.ndarray  # str, shape (n,)
+    node_values: np.ndarray  # float64, shape (n, len(NODE_FEATURES))
+    tx_ids: np.ndarray  # str, shape (m,)
+    edge_values: np.ndarray  # float64, shape (m, len(EDGE_FEATURES))
