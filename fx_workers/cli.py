@@ -91,6 +91,83 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def extract(
+    local: Annotated[bool, typer.Option("--local", help="Run in this process, without Kafka and Airflow.")] = False,
+    as_of: Annotated[int | None, typer.Option(help="Point in time, epoch seconds; defaults to now.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Accounts per batch; defaults to config.")] = None,
+) -> None:
+    """Compute every account's and transfer's features into Redis, then verify the run."""
+    import time
+
+    from fx_workers.extract import run_local
+
+    if not local:
+        raise fail("the distributed run is the Airflow DAG: `airflow dags trigger fx_extract`; "
+                   "use --local for a single-process run")
+    summary = run_local(settings(), as_of=int(time.time()) if as_of is None else as_of,
+                        batch_size=batch_size, progress=progress_bar)
+    console.print(str(summary))
+    if not summary.verification.ok:
+        console.print(str(summary.verification))
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    run: Annotated[str | None, typer.Option("--run", help="Run id; defaults to the latest verified run.")] = None,
+    sample: Annotated[int | None, typer.Option(min=0, help="Accounts to recompute from Neo4j.")] = None,
+) -> None:
+    """Check that a run's records are complete, finite and equal to a fresh recomputation."""
+    from fx_workers.verify import RunNotFoundError, verify_run
+
+    try:
+        report = verify_run(settings(), run, sample=sample, progress=progress_bar)
+    except RunNotFoundError as exc:
+        raise fail(str(exc)) from None
+    Console().print(str(report), highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@features_app.command("get")
+def features_get(
+    ids: Annotated[list[str], typer.Argument(help="Account ids (or transaction ids with --edge).")],
+    edge: Annotated[bool, typer.Option("--edge", help="Read transfer features.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print stored features for some accounts or transfers."""
+    import json
+
+    from rich.table import Table
+
+    from fx_workers.keys import RedisKeys
+    from fx_workers.sink import FeatureReader, open_redis
+
+    config = settings().redis
+    reader = FeatureReader(open_redis(config), RedisKeys(config.prefix))
+    records = dict(zip(ids, (reader.edges if edge else reader.nodes)(ids), strict=True))
+    if as_json:
+        print(json.dumps(records, indent=2))
+    else:
+        table = Table("feature", *ids)
+        names = sorted({name for record in records.values() if record for name in record},
+                       key=lambda n: (n.startswith("_"), n))
+        for name in names:
+            table.add_row(name, *(str(records[i].get(name, "")) if records[i] else "-" for i in ids))
+        Console().print(table)
+    if any(record is None for record in records.values()):
+        raise fail(f"no features stored for: {', '.join(i for i, r in records.items() if r is None)}")
+
+
+@features_app.command("docs")
+def features_docs() -> None:
+    """Print the catalogue as Markdown (the source of docs/features.md)."""
+    from fx_workers.catalogue_doc import render_markdown
+
+    print(render_markdown(), end="")
+
+
 def main() -> None:
     """Entry point that turns configuration errors into one line."""
     try:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fx_workers.batch import BatchInput, EdgeArrays
+
 if TYPE_CHECKING:
     from neo4j import Driver
 
@@ -92,3 +94,55 @@ def as_array(values: list, dtype: type) -> np.ndarray:
     if dtype is str:
         return np.array(values, dtype=np.str_) if values else np.array([], dtype="<U1")
     return np.asarray(values, dtype=dtype)
+
+
+class GraphDataError(ValueError):
+    """The graph holds something the model forbids (a missing property); names the account."""
+
+
+def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
+    """Flatten one row per account (``collect`` lists) into edge arrays owned by batch position."""
+    for r in records:
+        if not len(r["tx"]) == len(r["other"]) == len(r["amount"]) == len(r["ts"]):
+            raise GraphDataError(f"account {r['id']!r} has a transfer without tx_id, amount or ts")
+    lengths = np.fromiter((len(r["tx"]) for r in records), dtype=np.int64, count=len(records))
+    owners = np.fromiter((index[r["id"]] for r in records), dtype=np.int64, count=len(records))
+    flat = {key: [x for r in records for x in r[key]] for key in ("tx", "other", "amount", "ts")}
+    return EdgeArrays(
+        owner=np.repeat(owners, lengths),
+        tx=as_array(flat["tx"], str),
+        other=as_array(flat["other"], str),
+        amount=as_array(flat["amount"], np.float64),
+        ts=as_array(flat["ts"], np.int64),
+    )
+
+
+def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str) -> BatchInput:
+    """Everything the features of ``ids`` (distinct account ids) need: three bulk queries, as columns.
+
+    :raises GraphDataError: when a transfer lacks a property of the model
+    """
+    params = {"ids": ids, "as_of": as_of}
+    index = {node_id: i for i, node_id in enumerate(ids)}
+    with driver.session(database=database, default_access_mode="READ") as session:
+        out = list(session.run(cypher.out_edges, params))
+        inc = list(session.run(cypher.in_edges, params))
+        nb = session.run(cypher.neighbour_counts, params).single(strict=True)
+    return BatchInput(
+        ids=as_array(ids, str),
+        as_of=as_of,
+        out=_edges(out, index),
+        inc=_edges(inc, index),
+        neighbour_ids=as_array(nb["ids"], str),
+        neighbour_out_count=as_array(nb["out_count"], np.int64),
+        neighbour_in_count=as_array(nb["in_count"], np.int64),
+    )
+
+
+def read_accounts(driver: Driver, cypher: Cypher, as_of: int, database: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every account id, sorted, with its transfer count up to ``as_of`` (the cost of its batch)."""
+    with driver.session(database=database, default_access_mode="READ") as session:
+        row = session.run(cypher.accounts, {"as_of": as_of}).single(strict=True)
+    ids, costs = as_array(row["ids"], str), as_array(row["costs"], np.int64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], costs[order]

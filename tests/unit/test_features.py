@@ -139,3 +139,10 @@ def test_empty_batch_account_gives_zeros() -> None:
     assert result.node_values.shape == (1, 62)
     assert not result.node_values.any() and result.edge_values.shape == (0, len(EDGE_FEATURES))
     assert np.isfinite(result.node_values).all()
+
+
+def test_docs_features_md_is_current() -> None:
+    from fx_workers.catalogue_doc import render_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "features.md"
+    assert doc.read_text() == render_markdown(), "docs/features.md is stale: fx features docs > docs/features.md"

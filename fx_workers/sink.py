@@ -1,0 +1,141 @@
+"""Redis, the online store: pipelined idempotent writes in the brief's layout, and the reader API.
+
+A value is ``repr(float)``, the shortest string that ``float()`` turns back into the same number,
+so a re-run with the same inputs writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.keys import META_AS_OF, META_FIELDS, META_RUN_ID, META_SCHEMA, RedisKeys
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    import redis
+
+    from fx_workers.batch import BatchFeatures
+    from fx_workers.config import RedisConfig
+
+CHUNK = 5000
+"""Hashes per pipeline round trip: large enough to amortise it, small enough to bound memory."""
+
+
+def open_redis(config: RedisConfig) -> redis.Redis:
+    """A client for the configured server (hiredis parses replies when installed)."""
+    import redis
+
+    password = config.password.get_secret_value() if config.password else None
+    return redis.Redis(host=config.host, port=config.port, db=config.db, password=password)
+
+
+class FeatureSink(Protocol):
+    """Where computed features go; Redis is the one implementation fx ships."""
+
+    def write(self, features: BatchFeatures, *, run_id: str, as_of: int, schema: str) -> None: ...
+
+    def write_manifest(self, run_id: str, manifest: dict[str, object]) -> None: ...
+
+
+def _rows(ids: Sequence[str], values: np.ndarray) -> Iterable[tuple[str, list[str]]]:
+    for node_id, row in zip(ids, values.tolist(), strict=True):
+        yield node_id, [repr(x) for x in row]
+
+
+class RedisSink:
+    """Writes feature hashes, run manifests and the ``latest`` pointer."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def _write_hashes(self, key_of, names: Sequence[str], ids: np.ndarray, values: np.ndarray,
+                      meta: dict[str, str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for i, (entity_id, strings) in enumerate(_rows(ids.tolist(), values), start=1):
+            mapping = dict(zip(names, strings, strict=True))
+            mapping.update(meta)
+            pipe.hset(key_of(entity_id), mapping=mapping)
+            if i % CHUNK == 0:
+                pipe.execute()
+        pipe.execute()
+
+    def write(self, features: BatchFeatures, *, run_id: str, as_of: int, schema: str) -> None:
+        """Write every node and edge hash of a batch; re-writing the same batch changes nothing."""
+        meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: schema}
+        self._write_hashes(self.keys.node, NODE_FEATURE_NAMES, features.node_ids, features.node_values, meta)
+        self._write_hashes(self.keys.edge, EDGE_FEATURE_NAMES, features.tx_ids, features.edge_values, meta)
+
+    def write_manifest(self, run_id: str, manifest: dict[str, object]) -> None:
+        self.client.hset(self.keys.run(run_id), mapping={k: str(v) for k, v in manifest.items()})
+
+    def set_latest(self, run_id: str) -> None:
+        self.client.set(self.keys.latest, run_id)
+
+
+class FeatureReader:
+    """Reads features back: as dicts, or as a matrix in catalogue order."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def _read(self, key_of, names: Sequence[str], ids: Sequence[str]) -> list[dict[str, float | str] | None]:
+        fields = [*names, *META_FIELDS]
+        records: list[dict[str, float | str] | None] = []
+        for start in range(0, len(ids), CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for entity_id in ids[start : start + CHUNK]:
+                pipe.hmget(key_of(entity_id), fields)
+            for values in pipe.execute():
+                records.append(_record(fields, len(names), values))
+        return records
+
+    def nodes(self, ids: Sequence[str]) -> list[dict[str, float | str] | None]:
+        """Each account's features plus ``_run_id``, ``_as_of``, ``_schema``; None where absent."""
+        return self._read(self.keys.node, NODE_FEATURE_NAMES, ids)
+
+    def edges(self, tx_ids: Sequence[str]) -> list[dict[str, float | str] | None]:
+        """Each transfer's features plus metadata; None where absent."""
+        return self._read(self.keys.edge, EDGE_FEATURE_NAMES, tx_ids)
+
+    def node_matrix(self, ids: Sequence[str]) -> np.ndarray:
+        """A float matrix, one row per id in catalogue column order; NaN where a value is missing."""
+        rows = self.nodes(ids)
+        matrix = np.full((len(ids), len(NODE_FEATURE_NAMES)), np.nan)
+        for i, record in enumerate(rows):
+            if record is not None:
+                matrix[i] = [record.get(name, math.nan) for name in NODE_FEATURE_NAMES]
+        return matrix
+
+    def manifest(self, run_id: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.run(run_id)).items()}
+
+    def latest(self) -> str | None:
+        value = self.client.get(self.keys.latest)
+        return value.decode() if value is not None else None
+
+
+def _record(fields: list[str], n_features: int, values: list[bytes | None]) -> dict[str, float | str] | None:
+    """A hash's fields as floats (features) and strings (metadata); None if the hash is absent."""
+    if all(v is None for v in values):
+        return None
+    record: dict[str, float | str] = {}
+    for i, (name, raw) in enumerate(zip(fields, values, strict=True)):
+        if raw is None:
+            continue
+        text = raw.decode()
+        record[name] = _parse_float(text) if i < n_features else text
+    return record
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
