@@ -98,3 +98,15 @@ def test_verify_names_a_deleted_or_altered_record(graph: list[Transfer], extract
     assert result.returncode == 1
     assert f"account {victim}: no record" in result.stdout
     assert f"account {altered}: not a finite number: out_count" in result.stdout
+
+
+def test_features_get_prints_json_and_names_missing_ids(graph: list[Transfer], extracted: tuple[int, str]) -> None:
+    import json
+
+    account = sorted({t.payer for t in graph})[-1]  # not one the verify test damages
+    printed = json.loads(fx("features", "get", account, "--json").stdout)
+    assert printed[account]["out_count"] == Reference(graph, extracted[0]).node(account)["out_count"]
+    tx = next(t for t in graph if t.ts <= extracted[0])
+    assert "pair_count" in fx("features", "get", tx.tx_id, "--edge").stdout
+    missing = fx("features", "get", "no-such-account", check=False)
+    assert missing.returncode == 1 and "no-such-account" in missing.stderr

@@ -36,7 +36,7 @@ def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
     RedisSink(client, keys).write(batch, run_id="r1", as_of=123, schema="s1")
     stored = client.hgetall(f"{PREFIX}:node_features:b:c")
     assert stored[b"_run_id"] == b"r1" and stored[b"_as_of"] == b"123" and stored[b"_schema"] == b"s1"
-    assert stored[NODE_FEATURE_NAMES[0].encode()] == repr(batch.node_values[1, 0]).encode()
+    assert stored[NODE_FEATURE_NAMES[0].encode()] == repr(float(batch.node_values[1, 0])).encode()
     assert len(stored) == len(NODE_FEATURE_NAMES) + 3
     reader = FeatureReader(client, keys)
     assert np.array_equal(reader.node_matrix(["a", "b:c", "ü"]), batch.node_values)
