@@ -1,0 +1,196 @@
+"""Health checks behind ``fx doctor``: services, topics and graph, each failure with its fix.
+
+Each service has a generator of checks whose first item is "reachable" and whose later items need
+that connection; callers that only want liveness (``stack/stackctl.py``) take the first one.
+Every network call has a short timeout, so doctor never hangs on a dead service.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from confluent_kafka.admin import AdminClient
+    from neo4j import Session
+
+    from fx_workers.config import GraphModel, KafkaConfig, Settings
+
+TIMEOUT_SECONDS = 3.0
+UP = "run `make up`"
+LOAD = "run `fx load data/sample.csv` (the loader creates it)"
+
+# librdkafka reports refused connections on stderr unless given a logger; a check says it once.
+_librdkafka_log = logging.getLogger("fx_workers.doctor.librdkafka")
+_librdkafka_log.addHandler(logging.NullHandler())
+_librdkafka_log.propagate = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's table; ``fix`` is what to do when ``ok`` is false."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Every check, in table order: Kafka and its topics, Neo4j and the graph, Redis."""
+    return [*kafka_checks(settings), *neo4j_checks(settings), *redis_checks(settings)]
+
+
+def topic_partitions(kafka: KafkaConfig) -> dict[str, int]:
+    """Configured topic name -> configured partition count."""
+    return {
+        getattr(kafka.topics, role): getattr(kafka.partitions, role) for role in type(kafka.topics).model_fields
+    }
+
+
+def kafka_admin(kafka: KafkaConfig) -> AdminClient:
+    """An admin client that gives up quickly and keeps librdkafka's retries off stderr."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "socket.connection.setup.timeout.ms": int(TIMEOUT_SECONDS * 1000),
+            "logger": _librdkafka_log,
+        }
+    )
+
+
+def kafka_checks(settings: Settings) -> Iterator[Check]:
+    """The broker answers a metadata request; each configured topic has its partition count."""
+    from confluent_kafka import KafkaException
+
+    kafka = settings.kafka
+    try:
+        metadata = kafka_admin(kafka).list_topics(timeout=TIMEOUT_SECONDS)
+    except KafkaException as exc:
+        yield Check("kafka", False, f"no broker at {kafka.bootstrap_servers}: {exc.args[0].str()}", UP)
+        return
+    yield Check("kafka", True, f"{kafka.bootstrap_servers}, cluster id {metadata.cluster_id}")
+    for name, wanted in topic_partitions(kafka).items():
+        topic = metadata.topics.get(name)
+        label = f"topic {name}"
+        if topic is None or topic.error is not None:
+            yield Check(label, False, "missing", f"{UP} (it creates the configured topics)")
+        elif len(topic.partitions) < wanted:
+            found = len(topic.partitions)
+            yield Check(label, False, f"{partitions(found)}, config says {wanted}", f"{UP} (it adds partitions)")
+        elif len(topic.partitions) > wanted:
+            found = len(topic.partitions)
+            yield Check(
+                label,
+                False,
+                f"{partitions(found)}, config says {wanted}",
+                "partitions cannot be removed: delete the topic (or `make clean-stack`), then `make up`",
+            )
+        else:
+            yield Check(label, True, partitions(wanted))
+
+
+def partitions(count: int) -> str:
+    return f"{count} partition" if count == 1 else f"{count} partitions"
+
+
+def neo4j_checks(settings: Settings) -> Iterator[Check]:
+    """Bolt answers with the configured password; the id constraint exists; the graph's size."""
+    from neo4j import GraphDatabase
+    from neo4j.exceptions import AuthError, DriverError, Neo4jError
+
+    from fx_workers.config import ConfigError
+
+    config = settings.neo4j
+    try:
+        auth = (config.user, config.secret())
+    except ConfigError as exc:
+        yield Check("neo4j", False, str(exc), f"{UP} (it generates the password)")
+        return
+    driver = GraphDatabase.driver(
+        config.uri,
+        auth=auth,
+        connection_timeout=TIMEOUT_SECONDS,
+        connection_acquisition_timeout=TIMEOUT_SECONDS,
+        notifications_min_severity="OFF",  # an empty graph warns of unknown labels; doctor says it once
+    )
+    with driver, driver.session(database=config.database) as session:
+        try:
+            record = session.run(
+                "CALL dbms.components() YIELD name, versions, edition RETURN name, versions[0] AS version, edition"
+            ).single(strict=True)
+        except AuthError:
+            source = "FX__NEO4J__PASSWORD" if config.password else config.password_file
+            yield Check(
+                "neo4j",
+                False,
+                f"{config.uri} refused the password of user {config.user} from {source}",
+                "the password does not match the data: `make clean-stack`, then `make up`",
+            )
+            return
+        except (Neo4jError, DriverError, OSError) as exc:
+            yield Check("neo4j", False, f"no server at {config.uri}: {exc}", UP)
+            return
+        yield Check("neo4j", True, f"{config.uri}, {record['name']} {record['version']} {record['edition']}")
+        try:
+            yield _constraint_check(session, settings.graph)
+            yield _graph_size_check(session, settings.graph)
+        except (Neo4jError, DriverError, OSError) as exc:
+            yield Check("neo4j graph", False, f"query failed: {exc}", UP)
+
+
+def _constraint_check(session: Session, graph: GraphModel) -> Check:
+    """The loader's uniqueness constraint on the account id (MERGE relies on it to be fast)."""
+    types = session.run(
+        "SHOW CONSTRAINTS YIELD type, entityType, labelsOrTypes, properties "
+        "WHERE entityType = 'NODE' AND labelsOrTypes = [$label] AND properties = [$key] RETURN type",
+        label=graph.account_label,
+        key=graph.id_property,
+    ).value()
+    name = f"constraint :{graph.account_label}({graph.id_property})"
+    if any("UNIQUE" in kind or kind == "NODE_KEY" for kind in types):
+        return Check(name, True, "unique")
+    return Check(name, False, "no uniqueness constraint", LOAD)
+
+
+def _graph_size_check(session: Session, graph: GraphModel) -> Check:
+    """Counts of accounts and transfers; an empty graph is healthy but worth saying."""
+    accounts = session.run(f"MATCH (a:{graph.account_label}) RETURN count(a)").single(strict=True)[0]
+    transfers = session.run(f"MATCH ()-[t:{graph.transfer_type}]->() RETURN count(t)").single(strict=True)[0]
+    detail = f"{accounts} {graph.account_label} nodes, {transfers} {graph.transfer_type} relationships"
+    if accounts == 0:
+        detail += " (empty: `fx load data/sample.csv` loads the sample)"
+    return Check("neo4j graph", True, detail)
+
+
+def redis_checks(settings: Settings) -> Iterator[Check]:
+    """The server answers PING; its version and memory in use."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    config = settings.redis
+    client = redis.Redis(
+        host=config.host,
+        port=config.port,
+        db=config.db,
+        password=config.password.get_secret_value() if config.password else None,
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),  # the client's default backoff would turn "refused" into 6 s
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        client.ping()
+        info = client.info()
+    except redis.RedisError as exc:
+        yield Check("redis", False, f"no server at {address}: {exc}", UP)
+        return
+    finally:
+        client.close()
+    yield Check("redis", True, f"{address}, Redis {info['redis_version']}, {info['used_memory_human']} used")

@@ -1,0 +1,65 @@
+"""Clients of the running local stack. When a service is down its tests fail (not skip), saying
+which service and to run ``make up``: a skipped integration suite would pass CI while proving nothing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fx_workers.config import load_settings
+from fx_workers.doctor import kafka_admin as make_kafka_admin
+from fx_workers.doctor import kafka_checks, neo4j_checks, redis_checks
+from fx_workers.graph import open_driver
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import redis
+    from confluent_kafka.admin import AdminClient
+    from neo4j import Driver
+
+    from fx_workers.config import Settings
+    from fx_workers.doctor import Check
+
+
+def require(checks: Callable[[Settings], Iterator[Check]], settings: Settings) -> None:
+    """Fail the requesting test unless the service's first doctor check (reachable) passes."""
+    check = next(checks(settings))
+    if not check.ok:
+        pytest.fail(f"{check.name} is not available: {check.detail}. Start the stack with `make up`.", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(settings: Settings) -> AdminClient:
+    require(kafka_checks, settings)
+    return make_kafka_admin(settings.kafka)
+
+
+@pytest.fixture(scope="session")
+def neo4j_driver(settings: Settings) -> Iterator[Driver]:
+    require(neo4j_checks, settings)
+    with open_driver(settings.neo4j) as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    import redis
+
+    require(redis_checks, settings)
+    config = settings.redis
+    client = redis.Redis(
+        host=config.host,
+        port=config.port,
+        db=config.db,
+        password=config.password.get_secret_value() if config.password else None,
+        socket_timeout=5,
+    )
+    yield client
+    client.close()
