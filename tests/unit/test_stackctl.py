@@ -1,0 +1,165 @@
+"""stack/stackctl.py without the real services: generated commands, the env file, and the process
+lifecycle (detached start, health wait, stop by PID) driven with ``sleep`` as a stand-in program."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+
+from fx_workers.config import REPO_ROOT, load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from types import ModuleType
+
+    from fx_workers.config import Settings
+
+
+def _import_stackctl() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stackctl", REPO_ROOT / "stack" / "stackctl.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["stackctl"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+stackctl = _import_stackctl()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    path = tmp_path / "config.yaml"
+    shutil.copy(REPO_ROOT / "config.yaml", path)
+    return load_settings(path, environ={"FX__REDIS__PORT": "6390", "FX__STACK__START_TIMEOUT_SECONDS": "1"})
+
+
+@pytest.fixture
+def layout(settings: Settings) -> stackctl.Layout:
+    return stackctl.Layout(settings.stack.dir)
+
+
+def never() -> str:
+    raise stackctl.NotReadyError("still booting")
+
+
+@pytest.fixture
+def fake(layout: stackctl.Layout, monkeypatch: pytest.MonkeyPatch) -> Iterator[stackctl.Service]:
+    """A one-service stack running ``sleep``; healthy once its PID file exists. Stopped afterwards."""
+
+    def health() -> str:
+        if not layout.pid_file("sleeper").exists():
+            raise stackctl.NotReadyError("no PID file yet")
+        return "asleep"
+
+    service = stackctl.Service(name="sleeper", command=("sleep", "60"), health=health)
+    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [service])
+    yield service
+    stackctl.stop("sleeper", layout)
+
+
+def by_name(settings: Settings, layout: stackctl.Layout) -> dict[str, stackctl.Service]:
+    return {service.name: service for service in stackctl.services(settings, layout)}
+
+
+def test_services_take_ports_and_paths_from_config(settings: Settings, layout: stackctl.Layout) -> None:
+    services = by_name(settings, layout)
+    assert list(services) == ["kafka", "neo4j", "redis"]
+    assert services["kafka"].ports == (9092, 9093)
+    assert services["neo4j"].ports == (7687,)
+    assert services["redis"].ports == (6390,)
+    redis = services["redis"].command
+    assert redis[redis.index("--port") + 1] == "6390"
+    assert redis[redis.index("--dir") + 1] == str(settings.stack.dir / "redis")
+    assert redis[redis.index("--save") + 1] == ""  # persistence is off in config.yaml
+    assert f"-Xmx{settings.stack.neo4j_heap}" in services["neo4j"].command
+    assert f"-Xmx{settings.stack.kafka_heap}" in services["kafka"].command
+    assert services["neo4j"].env["NEO4J_CONF"] == str(settings.stack.dir / "neo4j" / "conf")
+
+
+def test_the_env_file_exports_the_config_and_puts_the_venv_first(
+    settings: Settings, layout: stackctl.Layout
+) -> None:
+    path = stackctl.write_env_file(settings, layout)
+    shell = f'source {path} && echo "$FX_CONFIG" && command -v python'
+    out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == str(stackctl.config_path().resolve())
+    assert out[1] == os.path.join(stackctl.VENV_BIN, "python")
+
+
+def test_a_pid_record_refuses_a_reused_pid() -> None:
+    me = psutil.Process()
+    assert stackctl.PidRecord(me.pid, me.create_time()).process() is not None
+    assert stackctl.PidRecord(me.pid, me.create_time() - 100).process() is None
+
+
+def test_up_starts_detached_waits_for_health_and_down_stops_by_pid(
+    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stackctl.up(settings, layout)
+    proc = stackctl.running(layout, "sleeper")
+    assert proc is not None
+    assert os.getsid(proc.pid) == proc.pid  # its own session: no terminal, no shared process group
+    assert os.readlink(f"/proc/{proc.pid}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{proc.pid}/fd/1") == str(layout.log_file("sleeper"))
+    assert "sleeper: healthy" in capsys.readouterr().out
+
+    stackctl.up(settings, layout)
+    assert "sleeper: already running" in capsys.readouterr().out
+
+    stackctl.down(settings, layout)
+    assert stackctl.running(layout, "sleeper") is None
+    assert not layout.pid_file("sleeper").exists()
+    stackctl.status(settings, layout)
+    assert "stopped" in capsys.readouterr().out
+
+
+def test_a_service_that_exits_while_starting_names_its_log(
+    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = replace(fake, command=("false",), health=never)
+    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [broken])
+    with pytest.raises(stackctl.StackError, match=r"sleeper: exited with code 1 while starting; see .*sleeper\.log"):
+        stackctl.up(settings, layout)
+
+
+def test_a_service_that_never_gets_healthy_times_out(
+    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, health=never)])
+    began = time.monotonic()
+    with pytest.raises(stackctl.StackError, match=r"not healthy after 1 s \(still booting\); see .*sleeper\.log"):
+        stackctl.up(settings, layout)
+    assert time.monotonic() - began < 5
+
+
+def test_a_taken_port_is_refused_naming_its_owner(
+    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, ports=(port,))])
+        with pytest.raises(stackctl.StackError, match=rf"port {port} is already in use by pid {os.getpid()}"):
+            stackctl.up(settings, layout)
+
+
+def test_a_missing_program_is_one_line_with_a_hint(
+    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, command=("java", "-version"))])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(stackctl.StackError, match=r"`java` is not on PATH; install a Java 17 runtime"):
+        stackctl.up(settings, layout)
