@@ -558,8 +558,8 @@ def fetch(settings: Settings, layout: Layout) -> None:
                     f"-DoutputDirectory={partial_dir}")
             code = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         if code != 0:
-            raise StackError(f"setup: Maven could not fetch the {name} jars (exit {code}; is Maven Central "
-                             f"reachable?); see {show(log)}")
+            raise StackError(f"Maven could not fetch the {name} jars (exit {code}: offline, or a wrong version "
+                             f"in {show(pom)}?); see {show(log)}")
         shutil.rmtree(target, ignore_errors=True)
         partial_dir.rename(target)
         marker.write_text(digest)
