@@ -1,0 +1,39 @@
+"""``python -m fx_workers --worker-id N [--max-messages K] [--check]``: run or health-check a worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fx_workers.config import ConfigError, settings
+from fx_workers.worker import Worker, check_health, install_signal_handlers
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run worker N until a stop signal (exit 0), or with ``--check`` exit 0 if it is healthy, else 1."""
+    parser = argparse.ArgumentParser(prog="python -m fx_workers", description=__doc__)
+    parser.add_argument("--worker-id", type=int, required=True, help="stable id: client id and static membership")
+    parser.add_argument("--max-messages", type=int, default=None, help="exit after this many requests")
+    parser.add_argument("--check", action="store_true", help="exit 0 if the worker's health key is fresh")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        config = settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        healthy, detail = check_health(config, args.worker_id)
+        print(detail)
+        return 0 if healthy else 1
+    worker = Worker(config, args.worker_id, max_messages=args.max_messages)
+    install_signal_handlers(worker)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The extraction worker: consume a request, compute its batch, produce the results, then commit.
+
+Delivery is at least once: the request's offset is committed only after the broker acknowledged
+every result chunk and the completion signal, so a worker killed mid-batch leaves the request to be
+redelivered, and the aggregation de-duplicates. A request that cannot be decoded goes to the dead
+letter topic; a batch that keeps failing goes there too, with a failed completion signal so the DAG
+stops waiting.
+
+The loop follows rq: check stop, poll, process, repeat. The first SIGTERM/SIGINT is a warm stop
+(finish the current batch), the second a cold stop (abandon it uncommitted). A thread keeps the
+health key (:meth:`~fx_workers.keys.RedisKeys.worker_health`) alive with counters, as arq does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fx_workers.extract import extract_batch
+from fx_workers.features import SCHEMA_VERSION
+from fx_workers.graph import open_driver
+from fx_workers.keys import RedisKeys
+from fx_workers.messages import (
+    BatchStatus,
+    CompletionSignal,
+    DeadLetter,
+    ExtractionRequest,
+    MessageError,
+    MessageKind,
+    kafka_headers,
+    results_checksum,
+    split_features,
+)
+from fx_workers.sink import open_redis
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message, Producer
+    from neo4j import Driver
+    from redis import Redis
+
+    from fx_workers.config import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_SECONDS = 5.0
+DELIVERY_TIMEOUT_SECONDS = 60.0
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge every produced message."""
+
+
+class ColdStopError(BaseException):
+    """Raised by the second stop signal to abandon the current batch (not an ``Exception``)."""
+
+
+@dataclass
+class WorkerStats:
+    """Counters published in the health key."""
+
+    worker_id: int
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+    started: float = field(default_factory=time.time)
+    batches: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+    accounts: int = 0
+    transfers: int = 0
+    current: str | None = None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: lost Neo4j connections or transactions, retriable Kafka errors."""
+    from confluent_kafka import KafkaException
+    from neo4j.exceptions import DriverError, Neo4jError
+
+    if isinstance(exc, DriverError | Neo4jError):
+        return exc.is_retryable()
+    if isinstance(exc, KafkaException):
+        return exc.args[0].retriable()
+    return isinstance(exc, DeliveryError)
+
+
+def client_id(worker_id: int) -> str:
+    """Kafka ``client.id`` and static ``group.instance.id`` of worker ``worker_id``."""
+    return f"fx-worker-{worker_id}"
+
+
+class Worker:
+    """One member of the ``kafka.consumer_group``; :meth:`run` until stopped or ``max_messages``.
+
+    :param settings: the fx settings
+    :param worker_id: the stable id that becomes the static group membership
+    :param max_messages: exit after this many requests, defaults to never (tests use it)
+    :param attempts: tries per batch before it is declared failed, defaults to 3
+    :param backoff_seconds: the first retry delay, doubled on each retry, defaults to 1
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: int,
+        *,
+        max_messages: int | None = None,
+        attempts: int = 3,
+        backoff_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.max_messages = max_messages
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.stats = WorkerStats(worker_id)
+        self.keys = RedisKeys(settings.redis.prefix)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Warm stop: finish the current batch, then leave the loop."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, ``max_messages`` or a :class:`ColdStopError`; always close cleanly."""
+        topics = self.settings.kafka.topics
+        consumer, producer = self._consumer(), self._producer()
+        driver, redis = open_driver(self.settings.neo4j), open_redis(self.settings.redis)
+        health = threading.Thread(target=self._keep_health, args=(redis,), name="health", daemon=True)
+        health.start()
+        consumer.subscribe([topics.requests], on_assign=self._log_assignment)
+        handled = 0
+        log.info("worker %s started: group=%s topic=%s", self.worker_id, self.settings.kafka.consumer_group,
+                 topics.requests)
+        try:
+            while not self._stopping.is_set() and (self.max_messages is None or handled < self.max_messages):
+                message = consumer.poll(1.0)
+                if message is None:
+                    continue
+                if message.error():
+                    log.warning("consumer error: %s", message.error())
+                    continue
+                self._handle(message, driver, producer)
+                self._commit(consumer, message)
+                handled += 1
+        except ColdStopError:
+            log.warning("cold stop: abandoning batch %s uncommitted", self.stats.current)
+        finally:
+            self._stopping.set()
+            consumer.close()
+            producer.flush(DELIVERY_TIMEOUT_SECONDS)
+            driver.close()
+            health.join()
+            log.info("worker %s stopped after %d messages: %s", self.worker_id, handled, asdict(self.stats))
+
+    def _consumer(self) -> Consumer:
+        from confluent_kafka import Consumer
+
+        return Consumer({
+            "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+            "group.id": self.settings.kafka.consumer_group,
+            "client.id": client_id(self.worker_id),
+            "group.instance.id": client_id(self.worker_id),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # A static member keeps its partitions while away; this bounds how long a dead one does.
+            "session.timeout.ms": 10_000,
+            "max.poll.interval.ms": 600_000,
+        })
+
+    def _producer(self) -> Producer:
+        from confluent_kafka import Producer
+
+        return Producer({
+            "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+            "client.id": client_id(self.worker_id),
+            "enable.idempotence": True,
+            "compression.type": "zstd",
+            "linger.ms": 5,
+            "message.timeout.ms": int(DELIVERY_TIMEOUT_SECONDS * 1000),
+        })
+
+    def _log_assignment(self, consumer: Consumer, partitions: list) -> None:
+        log.info("worker %s assigned partitions %s", self.worker_id, sorted(p.partition for p in partitions))
+
+    def _handle(self, message: Message, driver: Driver, producer: Producer) -> None:
+        """Process one request; returns once its outcome (results or dead letter) is acknowledged.
+
+        :raises DeliveryError: when not even the failure can be reported; the request stays uncommitted
+        """
+        try:
+            request = ExtractionRequest.decode(message.value() or b"")
+        except MessageError as exc:
+            log.warning("dead letter: offset %s of partition %s: %s", message.offset(), message.partition(), exc)
+            self._produce(producer, [self._dead_letter(message, str(exc))])
+            return
+        self.stats.current = f"{request.run_id}/{request.batch_id}"
+        error = None
+        if request.schema_version != SCHEMA_VERSION:
+            error = f"schema_version must be {SCHEMA_VERSION} (this worker's catalogue). Got {request.schema_version}"
+        attempt = 0
+        while error is None:
+            attempt += 1
+            try:
+                self._extract(request, driver, producer, attempt)
+                break
+            except Exception as exc:
+                if not is_transient(exc) or attempt >= self.attempts:
+                    error = f"{type(exc).__name__}: {exc} (attempt {attempt} of {self.attempts})"
+                    log.exception("batch failed run=%s batch=%d", request.run_id, request.batch_id)
+                else:
+                    delay = self.backoff_seconds * 2 ** (attempt - 1)
+                    log.warning("retrying run=%s batch=%d in %.1fs: %s", request.run_id, request.batch_id,
+                                delay, exc)
+                    time.sleep(delay)
+        if error is not None:
+            self._fail(request, message, producer, error, attempt)
+        self.stats.current = None
+
+    def _extract(self, request: ExtractionRequest, driver: Driver, producer: Producer, attempt: int) -> None:
+        """Read, compute and produce one batch: the results, then its completion signal."""
+        started = time.perf_counter()
+        features = extract_batch(driver, self.settings, request.ids, request.as_of)
+        extracted = time.perf_counter()
+        results = split_features(
+            features, run_id=request.run_id, batch_id=request.batch_id, as_of=request.as_of,
+            schema_version=request.schema_version,
+        )
+        encoded = [r.encode() for r in results]
+        ready = time.perf_counter()
+        timings = {"extract": (extracted - started) * 1000, "encode": (ready - extracted) * 1000}
+        completion = self._completion(
+            request, BatchStatus.OK, attempt, accounts=len(features.node_ids), transfers=len(features.tx_ids),
+            result_messages=len(results), checksum=results_checksum(results), timings_ms=timings,
+        )
+        key = f"{request.run_id}/{request.batch_id}".encode()
+        self._produce(producer, [
+            *((key, data, MessageKind.RESULT) for data in encoded),
+            (key, completion.encode(), MessageKind.COMPLETION),
+        ], run_id=request.run_id)
+        produce_ms = (time.perf_counter() - ready) * 1000
+        self.stats.batches += 1
+        self.stats.accounts += completion.accounts
+        self.stats.transfers += completion.transfers
+        log.info(
+            "batch done run=%s batch=%d accounts=%d transfers=%d messages=%d extract_ms=%.0f encode_ms=%.0f "
+            "produce_ms=%.0f attempt=%d", request.run_id, request.batch_id, completion.accounts,
+            completion.transfers, len(results) + 1, timings["extract"], timings["encode"], produce_ms, attempt,
+        )
+
+    def _fail(self, request: ExtractionRequest, message: Message, producer: Producer, error: str,
+              attempts: int) -> None:
+        """Dead-letter the request and tell the DAG the batch failed."""
+        completion = self._completion(request, BatchStatus.FAILED, attempts, error=error)
+        key = f"{request.run_id}/{request.batch_id}".encode()
+        self._produce(producer, [
+            self._dead_letter(message, error, request),
+            (key, completion.encode(), MessageKind.COMPLETION),
+        ], run_id=request.run_id)
+        self.stats.failed += 1
+
+    def _completion(self, request: ExtractionRequest, status: BatchStatus, attempts: int,
+                    **counts: Any) -> CompletionSignal:
+        return CompletionSignal(
+            run_id=request.run_id, batch_id=request.batch_id, as_of=request.as_of,
+            schema_version=request.schema_version, status=status, worker_id=str(self.worker_id),
+            attempts=attempts, **counts,
+        )
+
+    def _dead_letter(self, message: Message, reason: str,
+                     request: ExtractionRequest | None = None) -> tuple[bytes | None, bytes, MessageKind]:
+        self.stats.dead_letters += 1
+        letter = DeadLetter(
+            reason=reason, topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            worker_id=str(self.worker_id), original=message.value() or b"",
+            run_id=request.run_id if request else None, batch_id=request.batch_id if request else None,
+        )
+        return message.key(), letter.encode(), MessageKind.DEAD_LETTER
+
+    def _produce(self, producer: Producer, messages: list[tuple[bytes | None, bytes, MessageKind]],
+                 run_id: str | None = None) -> None:
+        """Produce and wait for the broker's acknowledgements.
+
+        :raises DeliveryError: when a message was not acknowledged in time
+        """
+        topics = self.settings.kafka.topics
+        errors = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        for key, value, kind in messages:
+            topic = topics.dead_letter if kind is MessageKind.DEAD_LETTER else topics.results
+            producer.produce(topic, value=value, key=key, headers=kafka_headers(kind, run_id),
+                             on_delivery=delivered)
+            producer.poll(0)
+        pending = producer.flush(DELIVERY_TIMEOUT_SECONDS)
+        if errors or pending:
+            raise DeliveryError(f"{len(errors)} failed and {pending} unacknowledged of {len(messages)} messages; "
+                                f"first error: {errors[0] if errors else None}")
+
+    def _commit(self, consumer: Consumer, message: Message) -> None:
+        """Commit past ``message``; losing the partition meanwhile only means a harmless redelivery."""
+        from confluent_kafka import KafkaException
+
+        try:
+            consumer.commit(message=message, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit of offset %s failed (it will be redelivered): %s", message.offset(), exc)
+
+    def _keep_health(self, redis: Redis) -> None:
+        """Rewrite the health key every interval with TTL interval + 1 s until the worker stops."""
+        key = self.keys.worker_health(str(self.worker_id))
+        ttl_ms = int((HEALTH_INTERVAL_SECONDS + 1) * 1000)
+        while not self._stopping.is_set():
+            try:
+                redis.set(key, json.dumps(asdict(self.stats) | {"updated": time.time()}), px=ttl_ms)
+            except Exception as exc:
+                log.warning("health key %s not written: %s", key, exc)
+            self._stopping.wait(HEALTH_INTERVAL_SECONDS)
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """The first SIGTERM/SIGINT stops warm; the handlers are then swapped so a second stops cold."""
+
+    def cold(signum: int, _frame: Any) -> None:
+        raise ColdStopError(signal.Signals(signum).name)
+
+    def warm(signum: int, _frame: Any) -> None:
+        log.info("%s: finishing the current batch (send again to abandon it)", signal.Signals(signum).name)
+        worker.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, cold)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, warm)
+
+
+def check_health(settings: Settings, worker_id: int) -> tuple[bool, str]:
+    """Whether worker ``worker_id`` wrote its health key within the TTL, and what it says."""
+    key = RedisKeys(settings.redis.prefix).worker_health(str(worker_id))
+    value = open_redis(settings.redis).get(key)
+    if value is None:
+        return False, f"{key} is missing or expired"
+    return True, value.decode()

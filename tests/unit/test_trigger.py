@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow does for plugins_folder
+
+from fx_airflow.operators import BatchesFailedError, WaitForBatchesOperator
+from fx_airflow.triggers import BatchCompletionTrigger, BatchProgress
+
+from fx_workers.messages import BatchStatus, CompletionSignal, MessageKind, kafka_headers
+
+KWARGS = {
+    "run_id": "manual__2026-01-01T00:00:00+00:00",
+    "topic": "features-computed",
+    "start_offsets": {"0": 10, "1": 0},
+    "batches": 3,
+    "deadline": 1_800_000_000.0,
+    "kafka_config_id": "fx_kafka",
+    "progress_seconds": 5.0,
+}
+
+
+def signal(batch_id: int, status: BatchStatus = BatchStatus.OK, run_id: str = KWARGS["run_id"]) -> CompletionSignal:
+    return CompletionSignal(run_id=run_id, batch_id=batch_id, as_of=1, schema_version="s", status=status,
+                            accounts=10, error=None if status is BatchStatus.OK else "boom", worker_id="1")
+
+
+class FakeMessage:
+    def __init__(self, completion: CompletionSignal, kind: MessageKind = MessageKind.COMPLETION) -> None:
+        self._value = completion.encode()
+        self._headers = kafka_headers(kind, completion.run_id)
+
+    def error(self) -> None:
+        return None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FakeConsumer:
+    def __init__(self, messages: list[FakeMessage]) -> None:
+        self.messages = messages
+        self.assigned: list = []
+        self.closed = False
+
+    def assign(self, partitions: list) -> None:
+        self.assigned = partitions
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        batch, self.messages = self.messages, []
+        return batch
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_serialize_is_exact() -> None:
+    trigger = BatchCompletionTrigger(**KWARGS)
+    assert trigger.serialize() == ("fx_airflow.triggers.BatchCompletionTrigger", KWARGS)
+    classpath, kwargs = trigger.serialize()
+    assert BatchCompletionTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+async def first_event(trigger: BatchCompletionTrigger, consumer: FakeConsumer) -> dict:
+    with mock.patch("fx_airflow.triggers.ResultsReaderHook") as hook:
+        hook.return_value.get_conn = consumer
+        events = trigger.run()
+        event = await asyncio.wait_for(anext(events), timeout=10)
+    await trigger.cleanup()
+    return event.payload
+
+
+def test_run_counts_distinct_batches_of_its_run() -> None:
+    consumer = FakeConsumer([
+        FakeMessage(signal(0)), FakeMessage(signal(0)), FakeMessage(signal(1, run_id="other")),
+        FakeMessage(signal(1), kind=MessageKind.RESULT), FakeMessage(signal(1)), FakeMessage(signal(2)),
+    ])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
+    assert (payload["status"], payload["done"], payload["total"], payload["accounts"]) == ("done", 3, 3, 30)
+    assert sorted(tp.partition for tp in consumer.assigned) == [0, 1]
+    assert consumer.closed
+
+
+def test_run_fails_fast_on_a_failed_batch() -> None:
+    consumer = FakeConsumer([FakeMessage(signal(0)), FakeMessage(signal(1, BatchStatus.FAILED))])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
+    assert payload["status"] == "failed"
+    assert payload["failed"] == {"1": "worker 1: boom"}
+
+
+def test_run_times_out_with_the_missing_batches() -> None:
+    consumer = FakeConsumer([FakeMessage(signal(1))])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS | {"deadline": 0.0}), consumer))
+    assert (payload["status"], payload["missing"], payload["missing_count"]) == ("timeout", [0, 2], 2)
+
+
+def test_progress_line() -> None:
+    progress = BatchProgress("r", total=4)
+    progress.add(signal(0))
+    assert "batches=1/4 (25%) accounts=10" in progress.line()
+
+
+def test_operator_defers_and_completes() -> None:
+    plan = {"run_id": KWARGS["run_id"], "batches": 3, "start_offsets": KWARGS["start_offsets"]}
+    operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed", timeout_minutes=5)
+    with mock.patch.object(operator, "defer") as defer:
+        operator.execute({})
+    trigger = defer.call_args.kwargs["trigger"]
+    assert trigger.serialize()[1]["start_offsets"] == KWARGS["start_offsets"]
+    assert defer.call_args.kwargs["method_name"] == "execute_complete"
+
+    done = {"status": "done", "run_id": "r", "total": 3, "seconds": 1.0}
+    assert operator.execute_complete({}, done) == done
+    failed = BatchProgress("r", total=3)
+    failed.add(signal(2, BatchStatus.FAILED))
+    with pytest.raises(BatchesFailedError, match="failed batches"):
+        operator.execute_complete({}, failed.event("failed"))
