@@ -88,13 +88,11 @@ def fx_extract() -> None:
         from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
         from fx_airflow.hooks import ResultsReaderHook
 
-        from fx_workers.pipeline import ensure_partitions, plan_run
+        from fx_workers.pipeline import missing_topics, plan_run
 
         admin = KafkaAdminClientHook(KAFKA)
-        partitions = config.kafka.partitions
-        admin.create_topic([(topics.requests, partitions.requests, -1), (topics.results, partitions.results, -1),
-                            (topics.dead_letter, partitions.dead_letter, -1)])
-        ensure_partitions(admin.get_conn, config)
+        if missing := missing_topics(admin.get_conn, config):
+            admin.create_topic(missing)
         as_of = params["as_of"]
         if as_of is None:
             as_of = int((data_interval_end or dag_run.run_after).timestamp())

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from fx_workers.config import ConfigError, settings
-from fx_workers.worker import Worker, check_health, install_signal_handlers
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+from fx_workers.worker import check_health, serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-messages", type=int, default=None, help="exit after this many requests")
     parser.add_argument("--check", action="store_true", help="exit 0 if the worker's health key is fresh")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         config = settings()
     except ConfigError as exc:
@@ -29,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         healthy, detail = check_health(config, args.worker_id)
         print(detail)
         return 0 if healthy else 1
-    worker = Worker(config, args.worker_id, max_messages=args.max_messages)
-    install_signal_handlers(worker)
-    worker.run()
+    serve(config, args.worker_id, args.max_messages)
     return 0
 
 

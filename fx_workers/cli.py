@@ -130,6 +130,22 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def worker(
+    worker_id: Annotated[int, typer.Option("--worker-id", help="Stable id: Kafka client id and static membership.")],
+    max_messages: Annotated[int | None, typer.Option(min=1, help="Exit after this many requests.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 0 if the worker's health key is fresh, else 1.")] = False,
+) -> None:
+    """Run an extraction worker until SIGTERM (the same as `python -m fx_workers`)."""
+    from fx_workers.worker import check_health, serve
+
+    if check:
+        healthy, detail = check_health(settings(), worker_id)
+        print(detail)
+        raise typer.Exit(0 if healthy else 1)
+    serve(settings(), worker_id, max_messages)
+
+
 @features_app.command("get")
 def features_get(
     ids: Annotated[list[str], typer.Argument(help="Account ids (or transaction ids with --edge).")],

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fx_workers.doctor import topic_partitions
 from fx_workers.extract import plan_batches
 from fx_workers.features import SCHEMA_VERSION
 from fx_workers.graph import Cypher, read_accounts
@@ -83,20 +84,19 @@ class Plan:
         return cls(**data)
 
 
-def ensure_partitions(admin: AdminClient, settings: Settings) -> None:
-    """Fail fast when a topic exists with fewer partitions than configured (the workers would idle).
+def missing_topics(admin: AdminClient, settings: Settings) -> list[tuple[str, int, int]]:
+    """The topics to create, as ``(name, partitions, replication factor)`` (-1: the broker's default).
 
-    :raises PipelineError: naming the topic, the partitions found and the configured count
+    :raises PipelineError: when a topic exists with fewer partitions than configured (workers would idle)
     """
-    topics, partitions = settings.kafka.topics, settings.kafka.partitions
-    metadata = admin.list_topics(timeout=10).topics
-    for role in ("requests", "results", "dead_letter"):
-        name, wanted = getattr(topics, role), getattr(partitions, role)
-        found = len(metadata[name].partitions) if name in metadata else 0
-        if found < wanted:
-            raise PipelineError(
-                f"topic {name} must have at least kafka.partitions.{role}={wanted} partitions. Got {found}"
-            )
+    existing = admin.list_topics(timeout=10).topics
+    missing = []
+    for name, wanted in topic_partitions(settings.kafka).items():
+        if name not in existing:
+            missing.append((name, wanted, -1))
+        elif (found := len(existing[name].partitions)) < wanted:
+            raise PipelineError(f"topic {name} must have at least {wanted} partitions (config). Got {found}")
+    return missing
 
 
 def balanced_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int, partitions: int) -> list[list[str]]:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 HEALTH_INTERVAL_SECONDS = 5.0
 DELIVERY_TIMEOUT_SECONDS = 60.0
 
@@ -324,6 +325,14 @@ class Worker:
             except Exception as exc:
                 log.warning("health key %s not written: %s", key, exc)
             self._stopping.wait(HEALTH_INTERVAL_SECONDS)
+
+
+def serve(settings: Settings, worker_id: int, max_messages: int | None = None) -> None:
+    """Run worker ``worker_id`` in this process's main thread, logging to stderr, until a stop signal."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    worker = Worker(settings, worker_id, max_messages=max_messages)
+    install_signal_handlers(worker)
+    worker.run()
 
 
 def install_signal_handlers(worker: Worker) -> None:
