@@ -161,8 +161,8 @@ def load_csv(
     database = settings.neo4j.database
     with open_driver(settings.neo4j) as driver:
         if replace:
-            with driver.session(database=database) as session:
-                for query in DELETE_GRAPH:
+            with progress("deleting the old graph", None), driver.session(database=database) as session:
+                for query in DELETE_GRAPH:  # CALL ... IN TRANSACTIONS needs an auto-commit transaction
                     session.run(cypher.render(query), batch=BATCH_SIZE).consume()
         for query in CONSTRAINTS:
             driver.execute_query(cypher.render(query), database_=database)
