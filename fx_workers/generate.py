@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fx_workers.load import NATIVE_HEADER
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-HEADER = ("tx_id", "payer", "payee", "amount", "ts", "currency", "channel", "is_laundering")
 END_TS = 1_735_689_600
 """2025-01-01T00:00:00Z, a fixed end so that files do not depend on when they were made."""
 WINDOW_SECONDS = 30 * 86_400
@@ -117,7 +118,7 @@ def write_csv(path: Path, *, transactions: int, seed: int, accounts: int | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(HEADER)
+        writer.writerow(NATIVE_HEADER)
         writer.writerows(zip(*columns, strict=True))
     return GenerateSummary(
         rows=transactions,

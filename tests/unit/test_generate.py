@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from fx_workers.generate import CHANNELS, CURRENCIES, END_TS, HEADER, WINDOW_SECONDS, _pattern_edges, write_csv
-from fx_workers.load import read_transfers
+from fx_workers.generate import CHANNELS, CURRENCIES, END_TS, WINDOW_SECONDS, _pattern_edges, write_csv
+from fx_workers.load import NATIVE_HEADER, read_transfers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +44,7 @@ def test_different_seeds_differ(tmp_path: Path) -> None:
 def test_exactly_n_rows_with_the_native_header(tmp_path: Path, n: int) -> None:
     path = tmp_path / "out.csv"
     summary = write_csv(path, transactions=n, seed=1)
-    assert path.read_text().splitlines()[0] == ",".join(HEADER)
+    assert path.read_text().splitlines()[0] == ",".join(NATIVE_HEADER)
     assert len(rows_of(path)) == n == summary.rows
 
 
