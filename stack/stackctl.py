@@ -414,6 +414,8 @@ def start(service: Service, settings: Settings, layout: Layout) -> subprocess.Po
 
 def probe(service: Service, *, ready: bool = True) -> tuple[str | None, str]:
     """(detail, "") when healthy (and, with ``ready``, set up), else (None, why not)."""
+    if service.ports and port_owner(service.ports[0]) is None:
+        return None, f"nothing listens on port {service.ports[0]} yet"  # skip the client's connect timeout
     try:
         detail = service.health()
         if ready and service.ready:
