@@ -59,7 +59,7 @@ down: ## Stop every process `make up` started, by PID
 status: ## Show each service: pid, health, port, memory
 	@if [ -x $(PY) ]; then $(STACKCTL) status; else echo "status: no $(VENV); run make setup"; fi
 
-demo: up ## Load the sample graph, then run the job end to end
+demo: up ## Load the sample graph, then check the stack and graph (fx doctor)
 	@echo "demo: loading data/sample.csv into Neo4j"
 	@$(FX) load data/sample.csv --replace
 	@echo "demo: checking services, topics and graph"

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING
 import psutil
 
 from fx_workers.config import REPO_ROOT, ConfigError, Settings, config_path, load_settings
-from fx_workers.doctor import kafka_admin, kafka_checks, neo4j_checks, redis_checks, topic_partitions
+from fx_workers.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from fx_workers.config import Neo4jConfig
     from fx_workers.doctor import Check
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -66,8 +67,12 @@ class Layout:
     def home(self, name: str) -> Path:
         return self.root / name
 
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
     def pid_file(self, name: str) -> Path:
-        return self.root / "run" / f"{name}.pid"
+        return self.run / f"{name}.pid"
 
     def log_file(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
@@ -220,7 +225,7 @@ def ensure_topics(settings: Settings) -> None:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise NotReadyError(f"topic {name}: {exc.args[0].str()}") from None
-        print(f"kafka: topic {name} now has {wanted[name]} partitions")
+        print(f"kafka: topic {name} now has {partitions(wanted[name])}")
 
 
 def neo4j_service(settings: Settings, layout: Layout) -> Service:
@@ -255,20 +260,13 @@ def neo4j_service(settings: Settings, layout: Layout) -> Service:
             "# Without this, stopping waits 5 s for each idle Bolt thread pool.\n"
             "internal.server.bolt.thread_pool_shutdown_wait_time=1s\n"
         )
-        if config.password is None and not config.password_file.exists():
-            if (data / "databases" / "system").exists():
-                raise StackError(
-                    f"neo4j: {show(data)} has a database but {show(config.password_file)} is gone; "
-                    "run `make clean-stack` to start over"
-                )
-            password = secrets.token_urlsafe(24)
+        if not (data / "databases" / "system").exists():  # first start: the password must be set before it
             admin = ("java", "-cp", classpath, "org.neo4j.server.startup.Neo4jAdminCommand")
             run_tool("neo4j", "neo4j-admin dbms set-initial-password",
-                     (*admin, "dbms", "set-initial-password", password), layout, env)
-            config.password_file.parent.mkdir(parents=True, exist_ok=True)
-            config.password_file.touch(mode=0o600)
-            config.password_file.write_text(password + "\n")
-            print(f"neo4j: generated the password of user {config.user} into {show(config.password_file)}")
+                     (*admin, "dbms", "set-initial-password", initial_password(config)), layout, env)
+        elif config.password is None and not config.password_file.exists():
+            raise StackError(f"neo4j: {show(data)} has a database but {show(config.password_file)} is gone; "
+                             "run `make clean-stack` to start over")
 
     return Service(
         name="neo4j",
@@ -286,6 +284,18 @@ def neo4j_service(settings: Settings, layout: Layout) -> Service:
         env=env,
         prepare=prepare,
     )
+
+
+def initial_password(config: Neo4jConfig) -> str:
+    """``FX__NEO4J__PASSWORD``, else the password file, else a new random password written to it (mode 600)."""
+    if config.password is not None or config.password_file.exists():
+        return config.secret()
+    password = secrets.token_urlsafe(24)
+    config.password_file.parent.mkdir(parents=True, exist_ok=True)
+    config.password_file.touch(mode=0o600)
+    config.password_file.write_text(password + "\n")
+    print(f"neo4j: generated the password of user {config.user} into {show(config.password_file)}")
+    return password
 
 
 def redis_service(settings: Settings, layout: Layout) -> Service:
@@ -351,8 +361,11 @@ def run_tool(name: str, what: str, argv: tuple[str, ...], layout: Layout, env: d
     require_program(name, argv[0])
     log = layout.log_file(name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
-                            env={**os.environ, **(env or {})}, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+                                env={**os.environ, **(env or {})}, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"{name}: {what} did not finish in 300 s") from None
     with log.open("a") as out:
         out.write(f"==== {stamp()} {what} (exit {result.returncode})\n{result.stdout}{result.stderr}")
     if result.returncode != 0:
@@ -397,7 +410,7 @@ def start(service: Service, settings: Settings, layout: Layout) -> subprocess.Po
         service.prepare()
     log = layout.log_file(service.name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    layout.pid_file(service.name).parent.mkdir(parents=True, exist_ok=True)
+    layout.run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **env_exports(settings), "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
            **service.env}
     with log.open("ab") as out:
@@ -465,10 +478,10 @@ def up(settings: Settings, layout: Layout) -> None:
 def stop(name: str, layout: Layout) -> None:
     """SIGTERM the process group we started, wait, then SIGKILL it; never matches by name."""
     proc = running(layout, name)
-    layout_pid = layout.pid_file(name)
+    pid_file = layout.pid_file(name)
     if proc is None:
         print(f"{name}: not running")
-        layout_pid.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
         return
     began = time.monotonic()
     signal_group(proc.pid, signal.SIGTERM)
@@ -478,7 +491,7 @@ def stop(name: str, layout: Layout) -> None:
     if running(layout, name):
         signal_group(proc.pid, signal.SIGKILL)
         how = f"killed after {STOP_TIMEOUT_SECONDS:.0f} s"
-    layout_pid.unlink(missing_ok=True)
+    pid_file.unlink(missing_ok=True)
     print(f"{name}: {how} (pid {proc.pid}) in {time.monotonic() - began:.1f} s")
 
 
@@ -494,8 +507,12 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def down(settings: Settings, layout: Layout) -> None:
-    for service in reversed(services(settings, layout)):
-        stop(service.name, layout)
+    """Stop the services in reverse start order, after any PID file no service names any more
+    (say, workers beyond a lowered ``workers.count``)."""
+    names = [service.name for service in reversed(services(settings, layout))]
+    leftovers = sorted(path.stem for path in layout.run.glob("*.pid") if path.stem not in names)
+    for name in (*leftovers, *names):
+        stop(name, layout)
 
 
 def status(settings: Settings, layout: Layout) -> None:
@@ -516,11 +533,13 @@ def status(settings: Settings, layout: Layout) -> None:
 
 def clean(settings: Settings, layout: Layout) -> None:
     """Delete the stack's data, logs, config and generated password; keep the fetched jars."""
-    if any(running(layout, service.name) for service in services(settings, layout)):
+    if any(running(layout, pid_file.stem) for pid_file in layout.run.glob("*.pid")):
         raise StackError("the stack is running; run `make down` first")
     for child in layout.root.iterdir() if layout.root.exists() else ():
-        if child.name != "lib":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if child.is_dir() and child.name != "lib":
+            shutil.rmtree(child)
+        elif child.is_file():
+            child.unlink()
     settings.neo4j.password_file.unlink(missing_ok=True)
     print(f"clean: removed everything in {show(layout.root)} but lib/")
 

@@ -118,8 +118,10 @@ def test_up_starts_detached_waits_for_health_and_down_stops_by_pid(
     stackctl.up(settings, layout)
     assert "sleeper: already running" in capsys.readouterr().out
 
+    stackctl.start(replace(fake, name="retired"), settings, layout)  # e.g. a worker no longer configured
     stackctl.down(settings, layout)
     assert stackctl.running(layout, "sleeper") is None
+    assert stackctl.running(layout, "retired") is None
     assert not layout.pid_file("sleeper").exists()
     stackctl.status(settings, layout)
     assert "stopped" in capsys.readouterr().out
