@@ -1,0 +1,128 @@
+"""A private slice of the shared stack for the distributed tests.
+
+Other engineers' tests and the stack's own workers use the same Neo4j, Kafka and Redis, so these
+tests get their own graph labels, topics, consumer group and Redis prefix through ``FX__*``
+overrides, and their own Airflow metadata database. Nothing they write is visible to anyone else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fx_workers.config import REPO_ROOT, load_settings
+from fx_workers.keys import META_RUN_ID
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import redis
+    from confluent_kafka.admin import AdminClient
+    from neo4j import Driver
+
+    from fx_workers.config import Settings
+
+GENERATED_TRANSACTIONS = 5_000
+AS_OF = 1_735_000_000
+"""Inside the generated graph's time range, so some transfers are after it."""
+
+
+def overrides(tag: str) -> dict[str, str]:
+    return {
+        "FX__GRAPH__ACCOUNT_LABEL": f"T{tag}Account",
+        "FX__GRAPH__TRANSFER_TYPE": f"T{tag}_TRANSFER",
+        "FX__KAFKA__TOPICS__REQUESTS": f"fx-test-{tag}-requests",
+        "FX__KAFKA__TOPICS__RESULTS": f"fx-test-{tag}-results",
+        "FX__KAFKA__TOPICS__DEAD_LETTER": f"fx-test-{tag}-dlq",
+        "FX__KAFKA__CONSUMER_GROUP": f"fx-test-{tag}",
+        "FX__REDIS__PREFIX": f"fxtest{tag}",
+    }
+
+
+@dataclass
+class Slice:
+    """Settings and a subprocess environment that point at this slice."""
+
+    settings: Settings
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls) -> Slice:
+        extra = overrides(uuid.uuid4().hex[:8])
+        env = {**os.environ, **extra}
+        return cls(load_settings(environ=env), env)
+
+    def start_worker(self, worker_id: int, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen((sys.executable, "-m", "fx_workers", "--worker-id", str(worker_id)),
+                                    env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def load_graph(self, folder: Path, admin: AdminClient) -> None:
+        """A generated graph under the slice's labels, and the slice's topics."""
+        from confluent_kafka.admin import NewTopic
+
+        from fx_workers.generate import write_csv
+        from fx_workers.load import load_csv
+        from fx_workers.pipeline import missing_topics
+
+        csv = folder / "graph.csv"
+        write_csv(csv, transactions=GENERATED_TRANSACTIONS, seed=11)
+        load_csv(csv, self.settings, replace=True)
+        missing = [NewTopic(name, partitions, replication) for name, partitions, replication in
+                   missing_topics(admin, self.settings)]
+        for future in admin.create_topics(missing).values():
+            future.result(timeout=30)
+
+    def local_snapshot(self, client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
+        """What ``fx extract --local`` writes for :data:`AS_OF`; the feature keys are deleted afterwards, so
+        the run under test has to write every one of them itself."""
+        from fx_workers.extract import run_local
+
+        summary = run_local(self.settings, as_of=AS_OF)
+        assert summary.verification.ok, str(summary.verification)
+        snapshot = self.snapshot(client)
+        self.clear_features(client)
+        return snapshot
+
+    def clear_features(self, client: redis.Redis) -> None:
+        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*_features:*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.delete(*keys[start : start + 10_000])
+
+    def snapshot(self, client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
+        """Every feature hash of the slice, without the field that names the run."""
+        keys = sorted(client.scan_iter(f"{self.settings.redis.prefix}:*_features:*", count=10_000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return {key.decode(): {f: v for f, v in values.items() if f.decode() != META_RUN_ID}
+                for key, values in zip(keys, pipe.execute(), strict=True)}
+
+    def drop(self, client: redis.Redis, admin: AdminClient, driver: Driver) -> None:
+        """Remove everything the slice wrote: Redis keys, topics, nodes and their constraints."""
+        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.delete(*keys[start : start + 10_000])
+        topics = self.settings.kafka.topics
+        admin.delete_topics([topics.requests, topics.results, topics.dead_letter])
+        graph = self.settings.graph
+        database = self.settings.neo4j.database
+        driver.execute_query(f"MATCH (a:{graph.account_label}) DETACH DELETE a", database_=database)
+        for name in (f"{graph.account_label}_{graph.id_property}_unique",
+                     f"{graph.transfer_type}_{graph.tx_id_property}_unique"):
+            driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)
+
+
+def airflow_env(piece: Slice, home: Path) -> dict[str, str]:
+    """The slice's environment plus Airflow's, with its own metadata database under ``home``."""
+    spec = importlib.util.spec_from_file_location("pipeline_stack", REPO_ROOT / "stack" / "pipeline_stack.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {**piece.env, **module.env(piece.settings), "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
