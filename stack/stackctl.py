@@ -398,14 +398,20 @@ def port_owner(port: int) -> str | None:
     return None
 
 
-def start(service: Service, settings: Settings, layout: Layout) -> subprocess.Popen[bytes]:
-    """Start one service detached: own session, stdin from /dev/null, output to its log file."""
+def require_startable(service: Service) -> str:
+    """The program's path, after checking it exists and the service's ports are free."""
     program = require_program(service.name, service.command[0])
     for port in service.ports:
         owner = port_owner(port)
         if owner:
             raise StackError(f"{service.name}: port {port} is already in use by {owner}; "
                              "stop it or change the port in config.yaml")
+    return program
+
+
+def start(service: Service, settings: Settings, layout: Layout) -> subprocess.Popen[bytes]:
+    """Start one service detached: own session, stdin from /dev/null, output to its log file."""
+    program = require_startable(service)
     if service.prepare:
         service.prepare()
     log = layout.log_file(service.name)
@@ -445,6 +451,9 @@ def up(settings: Settings, layout: Layout) -> None:
     print(f"up: environment in {show(write_env_file(settings, layout))}")
     timeout = settings.stack.start_timeout_seconds
     pending = {service.name: service for service in services(settings, layout)}
+    for service in pending.values():  # fail before starting anything, not halfway
+        if not running(layout, service.name):
+            require_startable(service)
     healthy: set[str] = set()
     waiting: dict[str, tuple[float, subprocess.Popen[bytes] | None]] = {}
     while pending:
@@ -590,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stackctl", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("fetch", "up", "down", "status", "clean"))
     command = parser.parse_args(argv).command
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines and the error line stay in order in CI logs
     try:
         settings = load_settings()
         layout = Layout(settings.stack.dir)
