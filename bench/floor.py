@@ -1,0 +1,147 @@
+"""The I/O floor: every transfer read out of Neo4j once as columns, every feature record written once.
+
+The records are the real ones (computed by the package before the clock starts, kept in an
+``.npz``), so the floor writes the same bytes as ``fx extract --local``, with no computation in
+the timed part. Two writers: ``redis-cli --pipe`` with pre-encoded RESP (the server's floor) and
+redis-py pipelines (a Python client's floor).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bench.measure import BenchError, Measurement
+from fx_workers.extract import extract_batch, plan_batches
+from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.graph import Cypher, as_array, open_driver, read_accounts
+from fx_workers.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.sink import CHUNK, open_redis
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fx_workers.config import Settings
+
+TRANSFER_COLUMNS = (
+    "MATCH (p:{A})-[t:{T}]->(q:{A}) WHERE t.{ts} <= $as_of "
+    "RETURN collect(t.{tx}) AS tx, collect(p.{id}) AS payer, collect(q.{id}) AS payee, "
+    "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
+)
+PREPARE_BATCH = 10_000
+"""Accounts per batch when computing the records the floor writes (untimed)."""
+
+Record = tuple[str, dict[str, str]]
+
+
+def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
+    """Compute every feature record of the loaded graph and save them to ``path`` (``.npz``)."""
+    cypher, database = Cypher(settings.graph), settings.neo4j.database
+    with open_driver(settings.neo4j) as driver:
+        ids, costs = read_accounts(driver, cypher, as_of, database)
+        parts = [extract_batch(driver, settings, batch, as_of) for batch in plan_batches(ids, costs, PREPARE_BATCH)]
+    np.savez(
+        path,
+        node_ids=np.concatenate([p.node_ids for p in parts]),
+        node_values=np.concatenate([p.node_values for p in parts]),
+        tx_ids=np.concatenate([p.tx_ids for p in parts]),
+        edge_values=np.concatenate([p.edge_values for p in parts]),
+    )
+
+
+def load_records(path: Path, prefix: str, run_id: str, as_of: int) -> tuple[list[Record], int, int]:
+    """The saved records as ``(key, {field: value})`` in the brief's layout, with the counts of
+    accounts and transfers."""
+    keys = RedisKeys(prefix)
+    meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: SCHEMA_VERSION}
+    saved = np.load(path)
+    records = [
+        (key_of(entity_id), dict(zip(names, map(repr, row), strict=True)) | meta)
+        for key_of, names, ids, values in (
+            (keys.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
+            (keys.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]),
+        )
+        for entity_id, row in zip(ids.tolist(), values.tolist(), strict=True)
+    ]
+    return records, len(saved["node_ids"]), len(saved["tx_ids"])
+
+
+def read_columns(settings: Settings, as_of: int) -> dict[str, np.ndarray]:
+    """Every transfer with ``ts <= as_of`` in one query, as numpy columns."""
+    query = Cypher(settings.graph).render(TRANSFER_COLUMNS)
+    with open_driver(settings.neo4j) as driver, driver.session(database=settings.neo4j.database) as session:
+        row = session.run(query, as_of=as_of).single(strict=True)
+    return {
+        "tx": as_array(row["tx"], str),
+        "payer": as_array(row["payer"], str),
+        "payee": as_array(row["payee"], str),
+        "amount": as_array(row["amount"], np.float64),
+        "ts": as_array(row["ts"], np.int64),
+    }
+
+
+def _bulk(data: str) -> bytes:
+    raw = data.encode()
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+
+def resp_commands(records: list[Record]) -> Iterator[bytes]:
+    """One RESP ``HSET key field value ...`` per record, as ``redis-cli --pipe`` reads them."""
+    for key, mapping in records:
+        yield b"*%d\r\n$4\r\nHSET\r\n%b%b" % (
+            2 + 2 * len(mapping),
+            _bulk(key),
+            b"".join(_bulk(name) + _bulk(value) for name, value in mapping.items()),
+        )
+
+
+def write_redis_cli(settings: Settings, records: list[Record]) -> float:
+    """Pipe pre-encoded records through ``redis-cli --pipe``; the seconds the pipe took.
+
+    :raises BenchError: when redis-cli reports an error reply
+    """
+    config = settings.redis
+    with tempfile.NamedTemporaryFile(suffix=".resp") as payload:
+        payload.writelines(resp_commands(records))
+        payload.flush()
+        env = os.environ | ({"REDISCLI_AUTH": config.password.get_secret_value()} if config.password else {})
+        argv = ["redis-cli", "-h", config.host, "-p", str(config.port), "-n", str(config.db), "--pipe"]
+        with Path(payload.name).open("rb") as stdin:
+            started = time.perf_counter()
+            result = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env, check=False)
+            seconds = time.perf_counter() - started
+    if result.returncode != 0 or "errors: 0," not in result.stdout:
+        raise BenchError(f"redis-cli --pipe failed ({result.returncode}): {result.stdout} {result.stderr}")
+    return seconds
+
+
+def write_redis_py(settings: Settings, records: list[Record]) -> float:
+    """Write the records with redis-py pipelines of :data:`~fx_workers.sink.CHUNK` hashes; the seconds taken."""
+    client = open_redis(settings.redis)
+    started = time.perf_counter()
+    for start in range(0, len(records), CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for key, mapping in records[start : start + CHUNK]:
+            pipe.hset(key, mapping=mapping)
+        pipe.execute()
+    return time.perf_counter() - started
+
+
+def run_floor(settings: Settings, *, as_of: int, run_id: str, records_path: Path, writer: str) -> Measurement:
+    """Read every transfer once, then write every record once with ``writer`` (``redis-cli`` or ``redis-py``)."""
+    records, accounts, transfers = load_records(records_path, settings.redis.prefix, run_id, as_of)
+    started = time.perf_counter()
+    columns = read_columns(settings, as_of)
+    read_seconds = time.perf_counter() - started
+    if len(columns["tx"]) != transfers:
+        raise BenchError(f"Neo4j returned {len(columns['tx'])} transfers; the prepared records have {transfers}")
+    write = write_redis_cli if writer == "redis-cli" else write_redis_py
+    write_seconds = write(settings, records)
+    return Measurement(read_seconds + write_seconds, accounts, transfers,
+                       {"neo4j": read_seconds, "redis": write_seconds})
