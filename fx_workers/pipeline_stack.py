@@ -1,7 +1,8 @@
 """The distributed pipeline's processes for ``stack/stackctl.py``: the worker pool and Airflow.
 
 :func:`service_specs` returns the keyword arguments of ``stackctl.Service`` entries (stackctl builds
-them, so this module does not import it); :func:`env` is what ``.stack/env`` exports so the
+them; this module does not import it, so tests and stackctl alike import it from the package);
+:func:`env` is what ``.stack/env`` exports so the
 ``airflow`` CLI, the Airflow processes and ``fx`` all see the same stack: metadata in SQLite under
 ``<stack.dir>/airflow``, DAGs from ``dags/``, the trigger from ``plugins/``, and the ``fx_kafka``,
 ``fx_neo4j`` and ``fx_redis`` connections derived from ``config.yaml``.

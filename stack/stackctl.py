@@ -30,6 +30,8 @@ import psutil
 
 from fx_workers.config import REPO_ROOT, ConfigError, Settings, config_path, load_settings
 from fx_workers.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
+from fx_workers.pipeline_stack import env as pipeline_env
+from fx_workers.pipeline_stack import service_specs as pipeline_services
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -103,13 +105,14 @@ class Service:
 
 
 def services(settings: Settings, layout: Layout) -> list[Service]:
-    """The stack, in start order (``down`` stops it in reverse)."""
-    return [kafka_service(settings, layout), neo4j_service(settings, layout), redis_service(settings, layout)]
+    """The stack, in start order (``down`` stops it in reverse); then the worker pool and Airflow."""
+    core = [kafka_service(settings, layout), neo4j_service(settings, layout), redis_service(settings, layout)]
+    return [*core, *(Service(**spec) for spec in pipeline_services(settings))]
 
 
 def env_exports(settings: Settings) -> dict[str, str]:
     """Variables every service gets and ``<stack.dir>/env`` exports; ``PATH`` gets the venv first."""
-    return {"FX_CONFIG": str(config_path().resolve())}
+    return {"FX_CONFIG": str(config_path().resolve()), **pipeline_env(settings)}
 
 
 def write_env_file(settings: Settings, layout: Layout) -> Path:
@@ -482,6 +485,7 @@ def up(settings: Settings, layout: Layout) -> None:
                 raise StackError(f"{name}: not healthy after {timeout} s ({why}); see {log}")
         if pending:
             time.sleep(POLL_SECONDS)
+    write_env_file(settings, layout)  # again: a first start of Neo4j generated the password fx_neo4j needs
 
 
 def stop(name: str, layout: Layout) -> None:

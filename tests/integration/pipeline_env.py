@@ -7,7 +7,6 @@ overrides, and their own Airflow metadata database. Nothing they write is visibl
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -120,9 +119,7 @@ class Slice:
 
 def airflow_env(piece: Slice, home: Path) -> dict[str, str]:
     """The slice's environment plus Airflow's, with its own metadata database under ``home``."""
-    spec = importlib.util.spec_from_file_location("pipeline_stack", REPO_ROOT / "stack" / "pipeline_stack.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return {**piece.env, **module.env(piece.settings), "AIRFLOW_HOME": str(home),
+    from fx_workers.pipeline_stack import env
+
+    return {**piece.env, **env(piece.settings), "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}

@@ -75,7 +75,8 @@ def by_name(settings: Settings, layout: stackctl.Layout) -> dict[str, stackctl.S
 
 def test_services_take_ports_and_paths_from_config(settings: Settings, layout: stackctl.Layout) -> None:
     services = by_name(settings, layout)
-    assert list(services) == ["kafka", "neo4j", "redis"]
+    assert list(services) == ["kafka", "neo4j", "redis", "worker-0", "worker-1", "airflow-api-server",
+                              "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
     assert services["kafka"].ports == (9092, 9093)
     assert services["neo4j"].ports == (7687,)
     assert services["redis"].ports == (6390,)
