@@ -93,6 +93,7 @@ def test_the_env_file_exports_the_config_and_puts_the_venv_first(
     settings: Settings, layout: stackctl.Layout
 ) -> None:
     path = stackctl.write_env_file(settings, layout)
+    assert path.stat().st_mode & 0o777 == 0o600
     shell = f'source {path} && echo "$FX_CONFIG" && command -v python'
     out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == str(stackctl.config_path().resolve())
