@@ -1,0 +1,178 @@
+"""The fx_extract DAG end to end: `airflow dags test` with worker processes, a worker killed mid-run,
+and a run triggered through the stack's scheduler."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fx_workers.config import REPO_ROOT
+from fx_workers.keys import RedisKeys
+from fx_workers.load import load_csv
+from fx_workers.sink import FeatureReader
+from tests.integration.pipeline_env import AS_OF, Slice, airflow_env
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import redis
+
+    from fx_workers.config import Settings
+
+AIRFLOW = str(REPO_ROOT / ".venv" / "bin" / "airflow")
+
+
+@pytest.fixture(scope="module")
+def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator[Slice]:
+    piece = Slice.create()
+    piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)
+    yield piece
+    piece.drop(redis_client, kafka_admin, neo4j_driver)
+
+
+@pytest.fixture(scope="module")
+def expected(piece: Slice, redis_client: redis.Redis) -> dict:
+    return piece.local_snapshot(redis_client)
+
+
+@pytest.fixture(scope="module")
+def env(piece: Slice, tmp_path_factory) -> dict[str, str]:
+    """Airflow with a metadata database of its own, so the stack's scheduler never sees these runs."""
+    env = airflow_env(piece, tmp_path_factory.mktemp("airflow"))
+    subprocess.run((AIRFLOW, "db", "migrate"), env=env, check=True, capture_output=True, timeout=300)
+    return env
+
+
+class Workers:
+    """Two worker processes of the slice, logging to files."""
+
+    def __init__(self, piece: Slice, folder: Path) -> None:
+        self.piece, self.folder = piece, folder
+        self.procs = {i: piece.start_worker(i, self.log(i)) for i in (0, 1)}
+
+    def log(self, worker_id: int) -> Path:
+        return self.folder / f"worker-{worker_id}.log"
+
+    def restart(self, worker_id: int) -> None:
+        self.procs[worker_id] = self.piece.start_worker(worker_id, self.log(worker_id))
+
+    def stop(self) -> dict[int, int | None]:
+        """SIGTERM each live worker (a warm stop) and return the exit codes (None: it was killed)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return {i: proc.wait(timeout=60) for i, proc in self.procs.items()}
+
+
+@pytest.fixture(scope="module")
+def workers(piece: Slice, tmp_path_factory) -> Iterator[Workers]:
+    workers = Workers(piece, tmp_path_factory.mktemp("workers"))
+    yield workers
+    codes = workers.stop()
+    assert all(code in (0, -signal.SIGKILL) for code in codes.values()), codes
+
+
+def dags_test(env: dict[str, str], batch_size: int) -> subprocess.Popen[str]:
+    conf = json.dumps({"as_of": AS_OF, "batch_size": batch_size, "timeout_minutes": 5})
+    return subprocess.Popen((AIRFLOW, "dags", "test", "fx_extract", "--conf", conf), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-5000:]
+    return output
+
+
+def test_dags_test_equals_local_run(piece: Slice, expected: dict, env: dict, workers: Workers,
+                                    redis_client: redis.Redis) -> None:
+    output = finish(dags_test(env, batch_size=100))
+
+    assert "progress run=" in output
+    assert piece.snapshot(redis_client) == expected
+    reader = FeatureReader(redis_client, RedisKeys(piece.settings.redis.prefix))
+    run_id = reader.latest()
+    assert run_id and run_id.startswith("manual__")
+    manifest = reader.manifest(run_id)
+    assert (manifest["status"], manifest["as_of"], manifest["mode"]) == ("verified", str(AS_OF), "airflow")
+
+
+def test_worker_killed_mid_run(piece: Slice, expected: dict, env: dict, workers: Workers,
+                               redis_client: redis.Redis) -> None:
+    piece.clear_features(redis_client)
+    done_before = workers.log(1).read_text().count("batch done")
+    run = dags_test(env, batch_size=10)
+    deadline = time.monotonic() + 300
+    while workers.log(1).read_text().count("batch done") == done_before:
+        assert run.poll() is None and time.monotonic() < deadline, "worker 1 never got a batch"
+        time.sleep(0.05)
+    workers.procs[1].send_signal(signal.SIGKILL)
+
+    finish(run)
+    assert piece.snapshot(redis_client) == expected
+    workers.restart(1)
+
+
+@pytest.fixture(scope="module")
+def stack_settings(settings: Settings) -> Settings:
+    """The stack's own Airflow must be up: this test goes through its scheduler and workers."""
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{settings.airflow.api_port}/api/v2/monitor/health", timeout=5)
+    except OSError as exc:
+        pytest.fail(f"the stack's Airflow API server is not available ({exc}). Start it with `make up`.",
+                    pytrace=False)
+    return settings
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    """What ``source .stack/env`` gives a shell."""
+    out = subprocess.run(("bash", "-c", f"source {settings.stack.dir / 'env'} && env -0"), capture_output=True,
+                         check=True)
+    return dict(line.split("=", 1) for line in out.stdout.decode().split("\0") if "=" in line)
+
+
+def api(settings: Settings, path: str, token: str | None = None, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.airflow.api_port}{path}", data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
+    settings = stack_settings
+    graph = settings.graph
+    accounts = neo4j_driver.execute_query(f"MATCH (a:{graph.account_label}) RETURN count(a) AS n",
+                                          database_=settings.neo4j.database).records[0]["n"]
+    if accounts == 0:
+        load_csv(REPO_ROOT / "data" / "sample.csv", settings)
+    env = stack_env(settings)
+    subprocess.run((AIRFLOW, "dags", "unpause", "fx_extract"), env=env, check=True, capture_output=True)
+    triggered = subprocess.run(
+        (AIRFLOW, "dags", "trigger", "fx_extract", "--conf", json.dumps({"as_of": AS_OF}), "-o", "json"),
+        env=env, check=True, capture_output=True, text=True,
+    )
+    run_id = json.loads(triggered.stdout.strip().splitlines()[-1])[0]["dag_run_id"]
+
+    password = json.loads((settings.stack.dir / "airflow" / "passwords.json").read_text())["admin"]
+    token = api(settings, "/auth/token", body={"username": "admin", "password": password})["access_token"]
+    deadline = time.monotonic() + 600
+    while (state := api(settings, f"/api/v2/dags/fx_extract/dagRuns/{run_id}", token)["state"]) not in (
+        "success", "failed"
+    ):
+        assert time.monotonic() < deadline, f"run {run_id} still {state}"
+        time.sleep(2)
+    assert state == "success"
+
+    logs = settings.stack.dir / "airflow" / "logs" / "dag_id=fx_extract" / f"run_id={run_id}"
+    wait_logs = "".join(path.read_text() for path in (logs / "task_id=wait_for_workers").glob("attempt=*"))
+    assert "progress run=" in wait_logs
+    assert all((logs / f"task_id={task}").is_dir() for task in ("plan", "publish", "aggregate", "verify"))
