@@ -468,7 +468,8 @@ def up(settings: Settings, layout: Layout) -> None:
             proc = running(layout, service.name)
             if proc:
                 print(f"{service.name}: already running (pid {proc.pid})")
-            waiting[service.name] = (time.monotonic(), None if proc else start(service, settings, layout))
+            started = None if proc else start(service, settings, layout)
+            waiting[service.name] = (time.monotonic(), started)
         if not waiting:
             raise StackError(f"cannot start {', '.join(pending)}: they need services that are not defined")
         for name, (since, proc) in list(waiting.items()):
