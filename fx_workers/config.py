@@ -152,20 +152,24 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(path[:-1], start=1):
+            if node.get(part) is None:  # absent, or an empty section in the file
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"{name}: {'.'.join(path)} is not a section")
+                raise ConfigError(f"{name}: {'.'.join(path[:depth])} is not a section")
         node[path[-1]] = raw if "password" in path[-1] else yaml.safe_load(raw)
     return data
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make relative paths in the file relative to the file's folder, not the caller's cwd."""
-    for section, key in (("neo4j", "password_file"), ("stack", "dir")):
-        value = data.get(section, {}).get(key)
-        if value is not None and not Path(value).is_absolute():
-            data[section][key] = str(base / value)
+    """Make relative paths, given or defaulted, relative to the file's folder, not the caller's cwd."""
+    for section, key, model in (("neo4j", "password_file", Neo4jConfig), ("stack", "dir", StackConfig)):
+        body = data.setdefault(section, {})
+        if isinstance(body, dict):
+            value = Path(body.get(key) or model.model_fields[key].default)
+            if not value.is_absolute():
+                body[key] = str(base / value)
     return data
 
 
@@ -191,8 +195,7 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for section in ("neo4j", "stack"):
-        data.setdefault(section, {})
+    data = {section: {} if body is None else body for section, body in data.items()}  # `redis:` alone = defaults
     data = _resolve_paths(_apply_env(data, environ), path.resolve().parent)
     try:
         return Settings.model_validate(data)

@@ -77,8 +77,16 @@ def test_a_bad_key_in_the_file_is_named_in_the_error(config_file: Path) -> None:
         load(config_file)
 
 
-def test_override_below_a_scalar_is_refused(config_file: Path) -> None:
-    with pytest.raises(ConfigError, match="FX__REDIS__PORT__X"):
+def test_empty_sections_take_the_defaults_and_accept_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("neo4j:\nredis:\nstack:\n")
+    settings = load(path, FX__REDIS__PORT="6380")
+    assert settings.redis.port == 6380
+    assert settings.neo4j.password_file == tmp_path / ".stack" / "neo4j" / "password"
+
+
+def test_a_non_section_is_named_at_the_right_depth(config_file: Path) -> None:
+    with pytest.raises(ConfigError, match=r"FX__REDIS__PORT__X: redis\.port is not a section"):
         load(config_file, FX__REDIS__PORT__X="1")
 
 
