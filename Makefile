@@ -12,6 +12,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 FX := $(VENV)/bin/fx
 STACKCTL := $(PY) stack/stackctl.py
+STACK_ENV := .stack/env
 DEPS_STAMP := $(VENV)/.deps.sha256
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -59,11 +60,12 @@ down: ## Stop every process `make up` started, by PID
 status: ## Show each service: pid, health, port, memory
 	@if [ -x $(PY) ]; then $(STACKCTL) status; else echo "status: no $(VENV); run make setup"; fi
 
-demo: up ## Load the sample graph, then check the stack and graph (fx doctor)
+demo: up ## Load the sample graph, run fx_extract through Airflow, show the verified result
 	@echo "demo: loading data/sample.csv into Neo4j"
 	@$(FX) load data/sample.csv --replace
 	@echo "demo: checking services, topics and graph"
 	@$(FX) doctor
+	@source $(STACK_ENV) && $(PY) stack/demo.py
 
 test: up ## Run the unit and integration tests against the running stack
 	@echo "test: running pytest (unit and integration)"

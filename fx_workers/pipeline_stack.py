@@ -124,6 +124,30 @@ def _airflow_health(settings: Settings, component: str | None) -> str:
     return f"{component or 'api-server'} healthy"
 
 
+class AirflowApi:
+    """A small client of the stack's Airflow REST API, signed in as the generated admin."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = api_url(settings)
+        self.password = json.loads(passwords_file(settings).read_text())[ADMIN]
+        self._token: str | None = None
+
+    def request(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET ``path`` (or POST ``body``) and return the JSON answer."""
+        headers = {"Content-Type": "application/json"}
+        if path != "/auth/token":
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base}{path}", data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self.request("/auth/token", {"username": ADMIN, "password": self.password})["access_token"]
+        return self._token
+
+
 def _worker_health(settings: Settings, worker_id: int) -> str:
     from fx_workers.worker import check_health
 

@@ -15,6 +15,7 @@ import pytest
 from fx_workers.config import REPO_ROOT
 from fx_workers.keys import RedisKeys
 from fx_workers.load import load_csv
+from fx_workers.pipeline_stack import AirflowApi
 from fx_workers.sink import FeatureReader
 from tests.integration.pipeline_env import AS_OF, Slice, airflow_env
 
@@ -138,15 +139,6 @@ def stack_env(settings: Settings) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.decode().split("\0") if "=" in line)
 
 
-def api(settings: Settings, path: str, token: str | None = None, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.airflow.api_port}{path}", data=json.dumps(body).encode() if body else None,
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
     settings = stack_settings
     graph = settings.graph
@@ -162,10 +154,9 @@ def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
     )
     run_id = json.loads(triggered.stdout.strip().splitlines()[-1])[0]["dag_run_id"]
 
-    password = json.loads((settings.stack.dir / "airflow" / "passwords.json").read_text())["admin"]
-    token = api(settings, "/auth/token", body={"username": "admin", "password": password})["access_token"]
+    api = AirflowApi(settings)
     deadline = time.monotonic() + 600
-    while (state := api(settings, f"/api/v2/dags/fx_extract/dagRuns/{run_id}", token)["state"]) not in (
+    while (state := api.request(f"/api/v2/dags/fx_extract/dagRuns/{run_id}")["state"]) not in (
         "success", "failed"
     ):
         assert time.monotonic() < deadline, f"run {run_id} still {state}"
