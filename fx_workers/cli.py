@@ -21,6 +21,8 @@ app = typer.Typer(help="fx: graph features for fraud and AML models.", no_args_i
 features_app = typer.Typer(help="Read stored features from Redis.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 console = Console(stderr=True)
+stdout = Console(width=None if sys.stdout.isatty() else 200)
+"""Tables for stdout; piped output is not cut at rich's default 80 columns."""
 
 
 class CsvFormat(StrEnum):
@@ -82,12 +84,13 @@ def doctor() -> None:
     from fx_workers.doctor import run_checks
 
     checks = run_checks(settings())
-    table = Table("check", "status", "detail", "fix")
+    failed = not all(check.ok for check in checks)
+    table = Table("check", "status", "detail", *(["fix"] if failed else []))
     for check in checks:
         status = "[green]ok[/green]" if check.ok else "[red]FAIL[/red]"
-        table.add_row(check.name, status, check.detail, "" if check.ok else check.fix)
-    Console().print(table)
-    if not all(check.ok for check in checks):
+        table.add_row(check.name, status, check.detail, *([("" if check.ok else check.fix)] if failed else []))
+    stdout.print(table)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -125,7 +128,7 @@ def verify(
         report = verify_run(settings(), run, sample=sample, progress=progress_bar)
     except RunNotFoundError as exc:
         raise fail(str(exc)) from None
-    Console().print(str(report), highlight=False)
+    stdout.print(str(report), highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -171,7 +174,7 @@ def features_get(
                        key=lambda n: (n.startswith("_"), n))
         for name in names:
             table.add_row(name, *(str(records[i].get(name, "")) if records[i] else "-" for i in ids))
-        Console().print(table)
+        stdout.print(table)
     if any(record is None for record in records.values()):
         raise fail(f"no features stored for: {', '.join(i for i, r in records.items() if r is None)}")
 
