@@ -230,9 +230,8 @@ class AggregateSummary:
     seconds: float = 0.0
 
 
-def aggregate_run(consumer: Consumer, sink: RedisSink, settings: Settings, plan: dict[str, Any],
-                  partitions: list[int] | None = None) -> AggregateSummary:
-    """Write this run's results (all partitions, or ``partitions``) to Redis, each batch once.
+def aggregate_run(consumer: Consumer, sink: RedisSink, settings: Settings, plan: dict[str, Any]) -> AggregateSummary:
+    """Write this run's results to Redis, each batch once.
 
     A batch's chunks and completion share a key, hence a partition and an order: the chunks are
     gathered until their completion, checked whole against it, then written. Chunks of a batch that
@@ -243,8 +242,8 @@ def aggregate_run(consumer: Consumer, sink: RedisSink, settings: Settings, plan:
     started = time.perf_counter()
     run = Plan.from_dict(plan)
     topic = settings.kafka.topics.results
-    start = {int(p): o for p, o in run.start_offsets.items() if partitions is None or int(p) in partitions}
-    end = {p: o for p, o in end_offsets(consumer, topic).items() if p in start}
+    start = {int(p): o for p, o in run.start_offsets.items()}
+    end = end_offsets(consumer, topic)
     summary = AggregateSummary()
     pending: dict[int, dict[int, FeatureResult]] = defaultdict(dict)
     written: set[int] = set()
