@@ -174,12 +174,11 @@ def redis_checks(settings: Settings) -> Iterator[Check]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from fx_workers.sink import open_redis
+
     config = settings.redis
-    client = redis.Redis(
-        host=config.host,
-        port=config.port,
-        db=config.db,
-        password=config.password.get_secret_value() if config.password else None,
+    client = open_redis(
+        config,
         socket_timeout=TIMEOUT_SECONDS,
         socket_connect_timeout=TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),  # the client's default backoff would turn "refused" into 6 s

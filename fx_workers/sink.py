@@ -26,12 +26,15 @@ CHUNK = 5000
 """Hashes per pipeline round trip: large enough to amortise it, small enough to bound memory."""
 
 
-def open_redis(config: RedisConfig) -> redis.Redis:
-    """A client for the configured server (hiredis parses replies when installed)."""
+def open_redis(config: RedisConfig, **options: object) -> redis.Redis:
+    """A client for the configured server (hiredis parses replies when installed).
+
+    :param options: more ``redis.Redis`` arguments, such as timeouts
+    """
     import redis
 
     password = config.password.get_secret_value() if config.password else None
-    return redis.Redis(host=config.host, port=config.port, db=config.db, password=password)
+    return redis.Redis(host=config.host, port=config.port, db=config.db, password=password, **options)
 
 
 class FeatureSink(Protocol):

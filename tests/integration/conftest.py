@@ -50,16 +50,9 @@ def neo4j_driver(settings: Settings) -> Iterator[Driver]:
 
 @pytest.fixture(scope="session")
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    import redis
+    from fx_workers.sink import open_redis
 
     require(redis_checks, settings)
-    config = settings.redis
-    client = redis.Redis(
-        host=config.host,
-        port=config.port,
-        db=config.db,
-        password=config.password.get_secret_value() if config.password else None,
-        socket_timeout=5,
-    )
+    client = open_redis(settings.redis, socket_timeout=5)
     yield client
     client.close()
