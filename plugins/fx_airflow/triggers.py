@@ -9,6 +9,7 @@ by their Kafka header; result payloads are never decoded.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from fx_workers.messages import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from confluent_kafka import Consumer, Message
 
@@ -112,6 +113,8 @@ class BatchCompletionTrigger(BaseTrigger):
         self.kafka_config_id = kafka_config_id
         self.progress_seconds = progress_seconds
         self._consumer: Consumer | None = None
+        self._client_lock = threading.Lock()
+        """Held around every consumer call: a cancelled ``consume`` thread may still run when cleanup closes."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -139,7 +142,7 @@ class BatchCompletionTrigger(BaseTrigger):
                       self.topic, self.start_offsets)
         logged_at, logged_done = time.monotonic(), 0
         while True:
-            for message in await asyncio.to_thread(consumer.consume, 500, 1.0):
+            for message in await asyncio.to_thread(self._locked, consumer.consume, 500, 1.0):
                 signal = self._completion(message)
                 if signal is not None:
                     progress.add(signal)
@@ -180,11 +183,15 @@ class BatchCompletionTrigger(BaseTrigger):
             return None
         return signal
 
+    def _locked(self, call: Callable[..., Any], *args: Any) -> Any:
+        with self._client_lock:
+            return call(*args)
+
     async def cleanup(self) -> None:
         """Close the consumer; it never committed, so closing loses nothing. Logs, never raises."""
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
-                await asyncio.to_thread(consumer.close)
+                await asyncio.to_thread(self._locked, consumer.close)
             except Exception:
                 self.log.warning("closing the results consumer failed", exc_info=True)
