@@ -1,4 +1,4 @@
-"""``python -m fx_workers --worker-id N [--max-messages K] [--check]``: run or health-check a worker."""
+"""``python -m fx_workers [--worker-id ID] [--max-messages K] [--check]``: run or health-check a worker."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from fx_workers.config import ConfigError, settings
-from fx_workers.worker import check_health, serve
+from fx_workers.worker import check_health, default_worker_id, serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run worker N until a stop signal (exit 0), or with ``--check`` exit 0 if it is healthy, else 1."""
+    """Run the worker until a stop signal (exit 0), or with ``--check`` exit 0 if it is healthy, else 1."""
     parser = argparse.ArgumentParser(prog="python -m fx_workers", description=__doc__)
-    parser.add_argument("--worker-id", type=int, required=True, help="stable id: client id and static membership")
+    parser.add_argument("--worker-id", default=default_worker_id(),
+                        help="stable id for the Kafka client id and static membership; defaults to the hostname")
     parser.add_argument("--max-messages", type=int, default=None, help="exit after this many requests")
     parser.add_argument("--check", action="store_true", help="exit 0 if the worker's health key is fresh")
     args = parser.parse_args(argv)

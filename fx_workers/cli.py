@@ -135,13 +135,15 @@ def verify(
 
 @app.command()
 def worker(
-    worker_id: Annotated[int, typer.Option("--worker-id", help="Stable id: Kafka client id and static membership.")],
+    worker_id: Annotated[str | None, typer.Option(
+        "--worker-id", help="Stable id: Kafka client id and static membership; defaults to the hostname.")] = None,
     max_messages: Annotated[int | None, typer.Option(min=1, help="Exit after this many requests.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Exit 0 if the worker's health key is fresh, else 1.")] = False,
 ) -> None:
     """Run an extraction worker until SIGTERM (the same as `python -m fx_workers`)."""
-    from fx_workers.worker import check_health, serve
+    from fx_workers.worker import check_health, default_worker_id, serve
 
+    worker_id = worker_id or default_worker_id()
     if check:
         healthy, detail = check_health(settings(), worker_id)
         print(detail)

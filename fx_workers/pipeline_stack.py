@@ -148,7 +148,7 @@ class AirflowApi:
         return self._token
 
 
-def _worker_health(settings: Settings, worker_id: int) -> str:
+def _worker_health(settings: Settings, worker_id: str) -> str:
     from fx_workers.worker import check_health
 
     healthy, detail = check_health(settings, worker_id)
@@ -161,7 +161,7 @@ def service_specs(settings: Settings) -> list[dict[str, Any]]:
     """``workers.count`` extraction workers, then Airflow's API server and the components that need it."""
     workers = [
         {"name": f"worker-{i}", "command": (sys.executable, "-m", "fx_workers", "--worker-id", str(i)),
-         "health": lambda i=i: _worker_health(settings, i), "needs": ("kafka", "neo4j", "redis")}
+         "health": lambda i=i: _worker_health(settings, str(i)), "needs": ("kafka", "neo4j", "redis")}
         for i in range(settings.workers.count)
     ]
     api_server = {

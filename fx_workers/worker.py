@@ -66,7 +66,7 @@ class ColdStopError(BaseException):
 class WorkerStats:
     """Counters published in the health key."""
 
-    worker_id: int
+    worker_id: str
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
     started: float = field(default_factory=time.time)
@@ -90,7 +90,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DeliveryError)
 
 
-def client_id(worker_id: int) -> str:
+def default_worker_id() -> str:
+    """The hostname: unique per container replica and stable across its restarts."""
+    return socket.gethostname()
+
+
+def client_id(worker_id: str) -> str:
     """Kafka ``client.id`` and static ``group.instance.id`` of worker ``worker_id``."""
     return f"fx-worker-{worker_id}"
 
@@ -99,7 +104,7 @@ class Worker:
     """One member of the ``kafka.consumer_group``; :meth:`run` until stopped or ``max_messages``.
 
     :param settings: the fx settings
-    :param worker_id: the stable id that becomes the static group membership
+    :param worker_id: the stable id that becomes the static group membership (a container's hostname)
     :param max_messages: exit after this many requests, defaults to never (tests use it)
     :param attempts: tries per batch before it is declared failed, defaults to 3
     :param backoff_seconds: the first retry delay, doubled on each retry, defaults to 1
@@ -108,7 +113,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        worker_id: int,
+        worker_id: str,
         *,
         max_messages: int | None = None,
         attempts: int = 3,
@@ -269,7 +274,7 @@ class Worker:
                     **counts: Any) -> CompletionSignal:
         return CompletionSignal(
             run_id=request.run_id, batch_id=request.batch_id, as_of=request.as_of,
-            schema_version=request.schema_version, status=status, worker_id=str(self.worker_id),
+            schema_version=request.schema_version, status=status, worker_id=self.worker_id,
             attempts=attempts, **counts,
         )
 
@@ -278,7 +283,7 @@ class Worker:
         self.stats.dead_letters += 1
         letter = DeadLetter(
             reason=reason, topic=message.topic(), partition=message.partition(), offset=message.offset(),
-            worker_id=str(self.worker_id), original=message.value() or b"",
+            worker_id=self.worker_id, original=message.value() or b"",
             run_id=request.run_id if request else None, batch_id=request.batch_id if request else None,
         )
         return message.key(), letter.encode(), MessageKind.DEAD_LETTER
@@ -317,7 +322,7 @@ class Worker:
 
     def _keep_health(self, redis: Redis) -> None:
         """Rewrite the health key every interval with TTL interval + 1 s until the worker stops."""
-        key = self.keys.worker_health(str(self.worker_id))
+        key = self.keys.worker_health(self.worker_id)
         ttl_ms = int((HEALTH_INTERVAL_SECONDS + 1) * 1000)
         while not self._stopping.is_set():
             try:
@@ -327,7 +332,7 @@ class Worker:
             self._stopping.wait(HEALTH_INTERVAL_SECONDS)
 
 
-def serve(settings: Settings, worker_id: int, max_messages: int | None = None) -> None:
+def serve(settings: Settings, worker_id: str, max_messages: int | None = None) -> None:
     """Run worker ``worker_id`` in this process's main thread, logging to stderr, until a stop signal."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     worker = Worker(settings, worker_id, max_messages=max_messages)
@@ -351,9 +356,9 @@ def install_signal_handlers(worker: Worker) -> None:
         signal.signal(sig, warm)
 
 
-def check_health(settings: Settings, worker_id: int) -> tuple[bool, str]:
+def check_health(settings: Settings, worker_id: str) -> tuple[bool, str]:
     """Whether worker ``worker_id`` wrote its health key within the TTL, and what it says."""
-    key = RedisKeys(settings.redis.prefix).worker_health(str(worker_id))
+    key = RedisKeys(settings.redis.prefix).worker_health(worker_id)
     value = open_redis(settings.redis).get(key)
     if value is None:
         return False, f"{key} is missing or expired"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import redis
     from confluent_kafka import Message
 
-WORKER_ID = 900
+WORKER_ID = "in-process"
 """One id for every in-process worker here: the next one takes over the static membership at once."""
 
 
@@ -91,7 +91,7 @@ def test_malformed_request_goes_to_the_dead_letter_topic(piece: Slice) -> None:
     junk = [letter for letter in letters if letter.original == b"\x00 not a request"]
     assert len(junk) == 1
     assert "invalid ExtractionRequest" in junk[0].reason
-    assert (junk[0].topic, junk[0].worker_id) == (topics.requests, str(WORKER_ID))
+    assert (junk[0].topic, junk[0].worker_id) == (topics.requests, WORKER_ID)
 
     completions = [CompletionSignal.decode(m.value()) for m in read_topic(piece, topics.results)
                    if header_value(m.headers(), HEADER_KIND) == "completion"]

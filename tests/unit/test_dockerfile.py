@@ -143,8 +143,6 @@ def required_options(usage: str) -> set[str]:
     return set(re.findall(r"--[\w-]+", usage))
 
 
-@pytest.mark.xfail(strict=True, reason="fx_workers/__main__.py still requires --worker-id; it should default to "
-                   "the container's hostname, unique per replica and stable across restarts")
 def test_image_and_healthcheck_commands_need_no_per_replica_arguments() -> None:
     """Every replica runs the same command: `--scale fx-worker=N` cannot hand each one its own id."""
     result = subprocess.run([sys.executable, "-m", "fx_workers", "--help"], capture_output=True, text=True,
