@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 LISTED = 50
 """Missing or failed batches named in an event; the rest are counted."""
+QUIET_SECONDS = 60.0
+"""The longest time without a progress line, even when no batch finished."""
 
 
 @dataclass
@@ -158,8 +160,8 @@ class BatchCompletionTrigger(BaseTrigger):
                 self.log.error("run %s: timed out; missing batches %s", self.run_id, progress.missing()[:LISTED])
                 yield TriggerEvent(progress.event("timeout"))
                 return
-            now = time.monotonic()
-            if now - logged_at >= self.progress_seconds and (len(progress.done) > logged_done or now - logged_at > 60):
+            now, changed = time.monotonic(), len(progress.done) > logged_done
+            if (changed and now - logged_at >= self.progress_seconds) or now - logged_at >= QUIET_SECONDS:
                 self.log.info(progress.line())
                 logged_at, logged_done = now, len(progress.done)
 
