@@ -73,19 +73,21 @@ def test_worker_loop_matches_local_run(piece: Slice, redis_client: redis.Redis) 
     assert piece.snapshot(redis_client) == expected
 
 
-def test_malformed_request_goes_to_the_dead_letter_topic(piece: Slice) -> None:
+def test_bad_requests_go_to_the_dead_letter_topic_and_the_worker_goes_on(piece: Slice) -> None:
     settings = piece.settings
     topics = settings.kafka.topics
     valid = ExtractionRequest(run_id="after-junk", batch_id=0, batches=1, as_of=AS_OF,
                               schema_version=SCHEMA_VERSION, ids=["A000001", "A000002"])
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    stale = valid.model_copy(update={"run_id": "stale-schema", "schema_version": "old"})
     producer.produce(topics.requests, key=b"junk", value=b"\x00 not a request")
+    producer.produce(topics.requests, key=b"stale", value=stale.encode())
     producer.produce(topics.requests, key=b"valid", value=valid.encode())
     assert producer.flush(30) == 0
 
-    worker = Worker(settings, WORKER_ID, max_messages=2)
+    worker = Worker(settings, WORKER_ID, max_messages=3)
     worker.run()
-    assert (worker.stats.dead_letters, worker.stats.batches) == (1, 1)
+    assert (worker.stats.dead_letters, worker.stats.failed, worker.stats.batches) == (2, 1, 1)
 
     letters = [DeadLetter.decode(m.value()) for m in read_topic(piece, topics.dead_letter)]
     junk = [letter for letter in letters if letter.original == b"\x00 not a request"]
@@ -93,8 +95,9 @@ def test_malformed_request_goes_to_the_dead_letter_topic(piece: Slice) -> None:
     assert "invalid ExtractionRequest" in junk[0].reason
     assert (junk[0].topic, junk[0].worker_id) == (topics.requests, WORKER_ID)
 
+    assert [letter.run_id for letter in letters if "schema_version must be" in letter.reason] == ["stale-schema"]
+
     completions = [CompletionSignal.decode(m.value()) for m in read_topic(piece, topics.results)
                    if header_value(m.headers(), HEADER_KIND) == "completion"]
-    assert [(c.run_id, c.status, c.accounts) for c in completions if c.run_id == "after-junk"] == [
-        ("after-junk", "ok", 2)
-    ]
+    outcomes = {(c.run_id, c.status, c.accounts) for c in completions if c.run_id in ("after-junk", "stale-schema")}
+    assert outcomes == {("after-junk", "ok", 2), ("stale-schema", "failed", 0)}
