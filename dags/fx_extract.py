@@ -36,13 +36,15 @@ if TYPE_CHECKING:
 
     from airflow.sdk import DagRun
 
+    from fx_workers.sink import RedisSink
+
 KAFKA, NEO4J, REDIS = "fx_kafka", "fx_neo4j", "fx_redis"
 NODE_FEATURES = Asset("fx://node_features")
 config = settings()
 topics = config.kafka.topics
 
 
-def _sink() -> Any:
+def _sink() -> RedisSink:
     from airflow.providers.redis.hooks.redis import RedisHook
 
     from fx_workers.keys import RedisKeys
