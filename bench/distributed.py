@@ -3,7 +3,8 @@
 Each measurement gets its own topics and consumer group (``fxbench-<tag>-...``), so the stack's
 workers never see its requests and a stale request of an earlier run can never reach its workers.
 The clock starts when the workers hold every request partition and stops when the last batch is in
-Redis; the verification that follows (``finish_run``) is timed apart.
+Redis; the verification that follows (``finish_run``) is timed apart. As in the ``fx_extract`` DAG,
+one aggregation reads every result once all batches are done.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from bench.measure import BenchError, Measurement, wait_with_rss
+import fx_workers.pipeline
+import fx_workers.sink
+from bench.measure import BenchError, Measurement, PhaseClock, wait_with_rss
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.doctor import topic_partitions
 from fx_workers.graph import open_driver
@@ -44,6 +47,14 @@ if TYPE_CHECKING:
     from fx_workers.config import Settings
 
 PREFIX = "fxbench-"
+AGGREGATE_PHASES = [
+    (fx_workers.pipeline.FeatureResult, "decode", "aggregate: decode"),
+    (fx_workers.pipeline, "join_features", "aggregate: decode"),
+    (fx_workers.sink.RedisSink, "write", "aggregate: encode"),
+    (fx_workers.sink.RedisSink, "_send", "aggregate: redis"),
+]
+"""Inside ``aggregate_run``, whose own remaining time is reading Kafka: results into arrays, arrays into
+RESP, and the Redis round trips."""
 LOGS = REPO_ROOT / "bench" / "results" / "logs"
 READY_TIMEOUT_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 120.0
@@ -182,7 +193,9 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
             published = time.perf_counter()
             wait_for_batches(watcher, settings.kafka.topics.results, plan)
             computed = time.perf_counter()
-            summary = aggregate_run(reader, sink, settings, plan.to_dict())
+            clock = PhaseClock()
+            with clock.patch(AGGREGATE_PHASES):
+                summary = clock.wrap("aggregate: kafka", aggregate_run)(reader, sink, settings, plan.to_dict())
             written = time.perf_counter()
             report = finish_run(settings, sink, plan.to_dict(), [asdict(summary)], mode="bench")
             verified = time.perf_counter()
@@ -193,7 +206,6 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
             future.exception()
     if not report.ok:
         raise BenchError(str(report))
-    phases = {"plan + publish": published - started, "workers": computed - published,
-              "aggregate": written - computed}
+    phases = {"plan + publish": published - started, "workers": computed - published, **clock.seconds}
     return Measurement(written - started, summary.accounts, summary.transfers, phases, verified - written,
                        worker_rss)
