@@ -25,12 +25,14 @@ from bench.distributed import run_distributed
 from bench.floor import run_floor
 from bench.measure import BenchError, Measurement, PhaseClock
 from bench.naive import run_naive
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 from fx_workers.config import Settings, load_settings
 from fx_workers.extract import run_local
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PRELOADED = ("neo4j", "redis", "confluent_kafka")
+"""Imported before any clock starts: the package imports them lazily, and no mode should time that."""
 LOCAL_PHASES = [
     (fx_workers.extract, "read_accounts", "neo4j"),
     (fx_workers.extract, "read_batch", "neo4j"),
@@ -84,10 +86,6 @@ def measure_local(settings: Settings, *, as_of: int, run_id: str, profile: Path 
     phases = dict(clock.seconds)
     verify_seconds = phases.pop("verify")
     return Measurement(summary.seconds, summary.accounts, summary.transfers, phases, verify_seconds)
-
-
-PRELOADED = ("neo4j", "redis", "confluent_kafka")
-"""Imported before any clock starts: the package imports them lazily, and no mode should time that."""
 
 
 def main(argv: list[str] | None = None) -> int:
