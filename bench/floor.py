@@ -44,7 +44,7 @@ def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
     """Compute every feature record of the loaded graph and save them to ``path`` (``.npz``)."""
     cypher, database = Cypher(settings.graph), settings.neo4j.database
     with open_driver(settings.neo4j) as driver:
-        ids, costs = read_accounts(driver, cypher, as_of, database)
+        ids, costs = read_accounts(driver, cypher, database)
         parts = [extract_batch(driver, settings, batch, as_of) for batch in plan_batches(ids, costs, PREPARE_BATCH)]
     np.savez(
         path,

@@ -110,7 +110,7 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
     sink.write_manifest(run_id, manifest)
     transfers = 0
     with open_driver(settings.neo4j) as driver:
-        ids, costs = read_accounts(driver, Cypher(settings.graph), as_of, settings.neo4j.database)
+        ids, costs = read_accounts(driver, Cypher(settings.graph), settings.neo4j.database)
         batches = plan_batches(ids, costs, batch_size)
         with progress("extracting", len(ids)) as advance:
             for batch in batches:

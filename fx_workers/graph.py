@@ -49,16 +49,18 @@ class Cypher:
 
     @property
     def accounts(self) -> str:
-        """Every account id with its number of transfers up to ``$as_of`` (the batch cost)."""
-        return self.render(
-            "MATCH (a:{A}) "
-            "RETURN collect(a.{id}) AS ids, "
-            "collect(COUNT {{ (a)-[t:{T}]-() WHERE t.{ts} <= $as_of }}) AS costs"
-        )
+        """Every account id with its number of transfers (all of them: a cost estimate for batching,
+        read from the degree store without touching a relationship)."""
+        return self.render("MATCH (a:{A}) RETURN collect(a.{id}) AS ids, collect(COUNT {{ (a)-[:{T}]-() }}) AS costs")
+
+    @property
+    def transfers_after(self) -> str:
+        """One transfer with ``ts > $as_of``, if any (an index seek with the loader's range index)."""
+        return self.render("MATCH ()-[t:{T}]->() WHERE t.{ts} > $as_of RETURN t.{tx} AS tx LIMIT 1")
 
     @property
     def out_edges(self) -> str:
-        """Per batch account, in ``$ids`` order: its outgoing transfers up to ``$as_of``."""
+        """Per batch account: its outgoing transfers up to ``$as_of``."""
         return self.render(
             "UNWIND $ids AS id "
             "OPTIONAL MATCH (:{A} {{{id}: id}})-[t:{T}]->(q:{A}) WHERE t.{ts} <= $as_of "
@@ -68,7 +70,7 @@ class Cypher:
 
     @property
     def in_edges(self) -> str:
-        """Per batch account, in ``$ids`` order: its incoming transfers up to ``$as_of``."""
+        """Per batch account: its incoming transfers up to ``$as_of``."""
         return self.render(
             "UNWIND $ids AS id "
             "OPTIONAL MATCH (:{A} {{{id}: id}})<-[t:{T}]-(p:{A}) WHERE t.{ts} <= $as_of "
@@ -76,16 +78,20 @@ class Cypher:
             "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
         )
 
-    @property
-    def neighbour_counts(self) -> str:
-        """Every counterparty of the batch with its own out and in transfer counts up to ``$as_of``."""
+    def neighbour_counts(self, *, every_transfer_counts: bool) -> str:
+        """Every counterparty of the batch with its own out and in transfer counts up to ``$as_of``.
+
+        :param every_transfer_counts: no transfer is after ``$as_of``, so the counts are plain
+            degrees, read from the degree store (3.5x faster than filtering each relationship on ts)
+        """
+        where = "" if every_transfer_counts else " WHERE x.{ts} <= $as_of"
         return self.render(
             "UNWIND $ids AS id "
             "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE t.{ts} <= $as_of "
             "WITH DISTINCT u "
             "RETURN collect(u.{id}) AS ids, "
-            "collect(COUNT {{ (u)-[x:{T}]->() WHERE x.{ts} <= $as_of }}) AS out_count, "
-            "collect(COUNT {{ (u)<-[x:{T}]-() WHERE x.{ts} <= $as_of }}) AS in_count"
+            f"collect(COUNT {{{{ (u)-[x:{{T}}]->(){where} }}}}) AS out_count, "
+            f"collect(COUNT {{{{ (u)<-[x:{{T}}]-(){where} }}}}) AS in_count"
         )
 
 
@@ -118,7 +124,7 @@ def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
 
 
 def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str) -> BatchInput:
-    """Everything the features of ``ids`` (distinct account ids) need: three bulk queries, as columns.
+    """Everything the features of ``ids`` (distinct account ids) need: a few bulk queries, as columns.
 
     :raises GraphDataError: when a transfer lacks a property of the model
     """
@@ -127,7 +133,8 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
     with driver.session(database=database, default_access_mode="READ") as session:
         out = list(session.run(cypher.out_edges, params))
         inc = list(session.run(cypher.in_edges, params))
-        nb = session.run(cypher.neighbour_counts, params).single(strict=True)
+        future = session.run(cypher.transfers_after, params).single() is not None
+        nb = session.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
     return BatchInput(
         ids=as_array(ids, str),
         as_of=as_of,
@@ -139,10 +146,10 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
     )
 
 
-def read_accounts(driver: Driver, cypher: Cypher, as_of: int, database: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every account id, sorted, with its transfer count up to ``as_of`` (the cost of its batch)."""
+def read_accounts(driver: Driver, cypher: Cypher, database: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every account id, sorted, with its transfer count (the cost of its batch)."""
     with driver.session(database=database, default_access_mode="READ") as session:
-        row = session.run(cypher.accounts, {"as_of": as_of}).single(strict=True)
+        row = session.run(cypher.accounts).single(strict=True)
     ids, costs = as_array(row["ids"], str), as_array(row["costs"], np.int64)
     order = np.argsort(ids, kind="stable")
     return ids[order], costs[order]

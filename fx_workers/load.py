@@ -48,6 +48,8 @@ _INTEGER = re.compile(r"-?[0-9]+")
 CONSTRAINTS = (
     "CREATE CONSTRAINT {A}_{id}_unique IF NOT EXISTS FOR (a:{A}) REQUIRE a.{id} IS UNIQUE",
     "CREATE CONSTRAINT {T}_{tx}_unique IF NOT EXISTS FOR ()-[t:{T}]-() REQUIRE t.{tx} IS UNIQUE",
+    # lets extraction ask "is any transfer after as_of?" with an index seek (see graph.Cypher)
+    "CREATE RANGE INDEX {T}_{ts} IF NOT EXISTS FOR ()-[t:{T}]-() ON (t.{ts})",
 )
 DELETE_GRAPH = (
     "MATCH ()-[t:{T}]->() CALL (t) {{ DELETE t }} IN TRANSACTIONS OF $batch ROWS",

@@ -116,8 +116,8 @@ def batches_digest(batches: list[list[str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _derive_batches(driver: Driver, settings: Settings, as_of: int, batch_size: int) -> tuple[list[list[str]], int]:
-    ids, costs = read_accounts(driver, Cypher(settings.graph), as_of, settings.neo4j.database)
+def _derive_batches(driver: Driver, settings: Settings, batch_size: int) -> tuple[list[list[str]], int]:
+    ids, costs = read_accounts(driver, Cypher(settings.graph), settings.neo4j.database)
     batches = balanced_batches(ids, costs, batch_size, settings.kafka.partitions.requests)
     return batches, int(costs.sum())
 
@@ -128,7 +128,7 @@ def plan_run(driver: Driver, reader: Consumer, settings: Settings, *, run_id: st
 
     :raises PipelineError: when the graph has no accounts
     """
-    batches, cost = _derive_batches(driver, settings, as_of, batch_size)
+    batches, cost = _derive_batches(driver, settings, batch_size)
     if not batches:
         raise PipelineError(f"no :{settings.graph.account_label} nodes in Neo4j; load a graph first (fx load)")
     offsets = end_offsets(reader, settings.kafka.topics.results)
@@ -154,7 +154,7 @@ def request_messages(driver: Driver, settings: Settings, plan: dict[str, Any]) -
     :raises PipelineError: when the graph changed since the plan (a different digest)
     """
     run = Plan.from_dict(plan)
-    batches, _ = _derive_batches(driver, settings, run.as_of, run.batch_size)
+    batches, _ = _derive_batches(driver, settings, run.batch_size)
     if batches_digest(batches) != run.digest:
         raise PipelineError(
             f"the accounts changed since the plan of run {run.run_id} (digest {batches_digest(batches)}, "

@@ -110,7 +110,7 @@ def verify_run(settings: Settings, run_id: str | None = None, *, sample: int | N
     cypher = Cypher(settings.graph)
     sample = settings.extraction.verify_sample if sample is None else sample
     with open_driver(settings.neo4j) as driver:
-        ids = read_accounts(driver, cypher, as_of, settings.neo4j.database)[0].tolist()
+        ids = read_accounts(driver, cypher, settings.neo4j.database)[0].tolist()
         tx_ids = _transfer_ids(driver, cypher, as_of, settings.neo4j.database)
         with progress("verifying", len(ids) + len(tx_ids)) as advance:
             nodes = reader.nodes(ids)
