@@ -7,13 +7,13 @@ single-process runs cannot disagree.
 from __future__ import annotations
 
 import heapq
-import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,15 +23,16 @@ from fx_workers.keys import RedisKeys
 from fx_workers.sink import RedisSink, open_redis
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Sequence
 
     from neo4j import Driver
 
-    from fx_workers.batch import BatchFeatures
+    from fx_workers.batch import BatchFeatures, BatchInput
     from fx_workers.config import Settings
     from fx_workers.verify import VerifyReport
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ProgressFactory(Protocol):
@@ -66,8 +67,24 @@ def plan_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int) -> list[li
 
 def extract_batch(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchFeatures:
     """Read one batch's neighbourhood from Neo4j and compute its features."""
-    batch = read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database)
-    return compute_features(batch)
+    return compute_features(read_graph(driver, settings, ids, as_of))
+
+
+def read_graph(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchInput:
+    """The batch's graph, read with the configured model's queries."""
+    return read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database)
+
+
+def prefetched(read: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R]]:
+    """``(item, read(item))`` in order, reading the next item in a thread while the caller works on
+    this one: Neo4j's response time overlaps computing and writing the previous batch."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fx-read") as pool:
+        pending = pool.submit(read, items[0]) if items else None
+        for i, item in enumerate(items):
+            result = pending.result()
+            if i + 1 < len(items):
+                pending = pool.submit(read, items[i + 1])
+            yield item, result
 
 
 def new_run_id(mode: str) -> str:
@@ -113,8 +130,8 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
         ids, costs = read_accounts(driver, Cypher(settings.graph), settings.neo4j.database)
         batches = plan_batches(ids, costs, batch_size)
         with progress("extracting", len(ids)) as advance:
-            for batch in batches:
-                features = extract_batch(driver, settings, batch, as_of)
+            for batch, graph in prefetched(lambda ids: read_graph(driver, settings, ids, as_of), batches):
+                features = compute_features(graph)
                 sink.write(features, run_id=run_id, as_of=as_of, schema=SCHEMA_VERSION)
                 transfers += len(features.tx_ids)
                 advance(len(batch))

@@ -188,6 +188,11 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
             for p in sorted(metadata.partitions)}
 
 
+POLL_SECONDS = 0.1
+"""``consume()`` waits this long when fewer than a full batch of messages is left: short, so the
+tail of a run is not read one second at a time."""
+
+
 def read_run(consumer: Consumer, topic: str, run_id: str, start: dict[int, int], end: dict[int, int],
              idle_seconds: float = 60.0) -> Iterator[Message]:
     """Every message of ``run_id`` between the ``start`` and ``end`` offsets, in partition order.
@@ -200,7 +205,7 @@ def read_run(consumer: Consumer, topic: str, run_id: str, start: dict[int, int],
     consumer.incremental_assign([TopicPartition(topic, p, start[p]) for p in remaining])
     last_seen = time.monotonic()
     while remaining:
-        messages = consumer.consume(num_messages=1000, timeout=1.0)
+        messages = consumer.consume(num_messages=1000, timeout=POLL_SECONDS)
         if messages:
             last_seen = time.monotonic()
         elif time.monotonic() - last_seen > idle_seconds:

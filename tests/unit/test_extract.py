@@ -1,10 +1,13 @@
-"""Cost-balanced batch planning."""
+"""Cost-balanced batch planning and read-ahead."""
 
 from __future__ import annotations
 
-import numpy as np
+import threading
 
-from fx_workers.extract import plan_batches
+import numpy as np
+import pytest
+
+from fx_workers.extract import plan_batches, prefetched
 
 
 def test_every_account_in_exactly_one_batch_and_deterministic() -> None:
@@ -31,3 +34,27 @@ def test_a_hub_gets_a_batch_of_its_own_and_the_rest_are_balanced() -> None:
 
 def test_no_accounts_no_batches() -> None:
     assert plan_batches(np.array([], dtype=str), np.array([], dtype=np.int64), 10) == []
+
+
+def test_prefetched_keeps_order_and_reads_ahead_in_another_thread() -> None:
+    threads = set()
+
+    def read(item: int) -> int:
+        threads.add(threading.current_thread().name)
+        return item * 10
+
+    assert list(prefetched(read, [3, 1, 2])) == [(3, 30), (1, 10), (2, 20)]
+    assert list(prefetched(read, [])) == []
+    assert threads and all(name.startswith("fx-read") for name in threads)
+
+
+def test_prefetched_raises_the_readers_error() -> None:
+    def read(item: int) -> int:
+        if item == 2:
+            raise ValueError("neo4j went away")
+        return item
+
+    results = prefetched(read, [1, 2, 3])
+    assert next(results) == (1, 1)
+    with pytest.raises(ValueError, match="went away"):
+        next(results)
