@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.graph import Cypher, open_driver, read_accounts
 from fx_workers.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
-from fx_workers.sink import FeatureReader, open_redis
+from fx_workers.sink import CHUNK, FeatureReader, open_redis
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,19 +113,18 @@ def verify_run(settings: Settings, run_id: str | None = None, *, sample: int | N
         ids = read_accounts(driver, cypher, settings.neo4j.database)[0].tolist()
         tx_ids = _transfer_ids(driver, cypher, as_of, settings.neo4j.database)
         with progress("verifying", len(ids) + len(tx_ids)) as advance:
-            nodes = reader.nodes(ids)
-            report.failures += _check_records("account", ids, nodes, NODE_FEATURE_NAMES, run_id, as_of, schema)
-            advance(len(ids))
-            edges = reader.edges(tx_ids)
-            report.failures += _check_records("transfer", tx_ids, edges, EDGE_FEATURE_NAMES, run_id, as_of, schema)
-            advance(len(tx_ids))
+            for kind, entity_ids, read, names in (("account", ids, reader.nodes, NODE_FEATURE_NAMES),
+                                                  ("transfer", tx_ids, reader.edges, EDGE_FEATURE_NAMES)):
+                for start in range(0, len(entity_ids), CHUNK):  # chunked: memory stays flat at 1M records
+                    part = entity_ids[start : start + CHUNK]
+                    report.failures += _check_records(kind, part, read(part), names, run_id, as_of, schema)
+                    advance(len(part))
         report.accounts, report.transfers = len(ids), len(tx_ids)
         chosen = sorted(random.Random(run_id).sample(ids, min(sample, len(ids))))
         if chosen:
             fresh = extract_batch(driver, settings, chosen, as_of)
-            stored = dict(zip(ids, nodes, strict=True))
-            for node_id, row in zip(chosen, fresh.node_values, strict=True):
-                report.failures += _compare("account", node_id, NODE_FEATURE_NAMES, stored[node_id], row)
+            for node_id, row, stored in zip(chosen, fresh.node_values, reader.nodes(chosen), strict=True):
+                report.failures += _compare("account", node_id, NODE_FEATURE_NAMES, stored, row)
             stored_edges = dict(zip(fresh.tx_ids.tolist(), reader.edges(fresh.tx_ids.tolist()), strict=True))
             for tx_id, row in zip(fresh.tx_ids.tolist(), fresh.edge_values, strict=True):
                 report.failures += _compare("transfer", tx_id, EDGE_FEATURE_NAMES, stored_edges[tx_id], row)
