@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from fx_workers.config import Settings
     from fx_workers.doctor import Check
+    from tests.integration.pipeline_env import Slice
 
 
 def require(checks: Callable[[Settings], Iterator[Check]], settings: Settings) -> None:
@@ -56,3 +57,14 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     client = open_redis(settings.redis, socket_timeout=5)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator[Slice]:
+    """A graph, topics, consumer group and Redis prefix of the module's own (see pipeline_env)."""
+    from tests.integration.pipeline_env import Slice
+
+    piece = Slice.create()
+    piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)
+    yield piece
+    piece.drop(redis_client, kafka_admin, neo4j_driver)

@@ -31,14 +31,6 @@ AIRFLOW = str(REPO_ROOT / ".venv" / "bin" / "airflow")
 
 
 @pytest.fixture(scope="module")
-def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator[Slice]:
-    piece = Slice.create()
-    piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)
-    yield piece
-    piece.drop(redis_client, kafka_admin, neo4j_driver)
-
-
-@pytest.fixture(scope="module")
 def expected(piece: Slice, redis_client: redis.Redis) -> dict:
     return piece.local_snapshot(redis_client)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fx_workers.features import SCHEMA_VERSION
@@ -18,21 +17,12 @@ from fx_workers.worker import Worker
 from tests.integration.pipeline_env import AS_OF, Slice
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
 
     import redis
     from confluent_kafka import Message
 
 WORKER_ID = "in-process"
 """One id for every in-process worker here: the next one takes over the static membership at once."""
-
-
-@pytest.fixture(scope="module")
-def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator[Slice]:
-    piece = Slice.create()
-    piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)
-    yield piece
-    piece.drop(redis_client, kafka_admin, neo4j_driver)
 
 
 def reader(piece: Slice) -> Consumer:
