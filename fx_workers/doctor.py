@@ -139,6 +139,7 @@ def neo4j_checks(settings: Settings) -> Iterator[Check]:
         yield Check("neo4j", True, f"{config.uri}, {record['name']} {record['version']} {record['edition']}")
         try:
             yield _constraint_check(session, settings.graph)
+            yield _ts_index_check(session, settings.graph)
             yield _graph_size_check(session, settings.graph)
         except (Neo4jError, DriverError, OSError) as exc:
             yield Check("neo4j graph", False, f"query failed: {exc}", UP)
@@ -156,6 +157,20 @@ def _constraint_check(session: Session, graph: GraphModel) -> Check:
     if any("UNIQUE" in kind or kind == "NODE_KEY" for kind in types):
         return Check(name, True, "unique")
     return Check(name, False, "no uniqueness constraint", LOAD)
+
+
+def _ts_index_check(session: Session, graph: GraphModel) -> Check:
+    """The loader's range index on the transfers' ts: without it every batch scans all transfers to
+    learn whether any is after ``as_of``."""
+    found = session.run(
+        "SHOW INDEXES YIELD type, entityType, labelsOrTypes, properties "
+        "WHERE type = 'RANGE' AND entityType = 'RELATIONSHIP' AND labelsOrTypes = [$type] "
+        "AND properties = [$key] RETURN count(*) > 0",
+        type=graph.transfer_type,
+        key=graph.ts_property,
+    ).single(strict=True)[0]
+    name = f"index [:{graph.transfer_type}]({graph.ts_property})"
+    return Check(name, True, "range") if found else Check(name, False, "no range index", LOAD)
 
 
 def _graph_size_check(session: Session, graph: GraphModel) -> Check:

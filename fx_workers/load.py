@@ -137,6 +137,13 @@ def no_progress(description: str, total: int | None) -> Iterator[Callable[[int],
     yield lambda n: None
 
 
+def ensure_schema(driver: Driver, settings: Settings) -> None:
+    """Create the constraints and index that loading and extraction rely on (idempotent)."""
+    cypher = Cypher(settings.graph)
+    for query in CONSTRAINTS:
+        driver.execute_query(cypher.render(query), database_=settings.neo4j.database)
+
+
 def load_csv(
     path: Path,
     settings: Settings,
@@ -166,8 +173,7 @@ def load_csv(
             with progress("deleting the old graph", None), driver.session(database=database) as session:
                 for query in DELETE_GRAPH:  # CALL ... IN TRANSACTIONS needs an auto-commit transaction
                     session.run(cypher.render(query), batch=BATCH_SIZE).consume()
-        for query in CONSTRAINTS:
-            driver.execute_query(cypher.render(query), database_=database)
+        ensure_schema(driver, settings)
         _write_batches(driver, database, cypher.render(MERGE_ACCOUNTS), accounts, "accounts", progress)
         _write_batches(
             driver,

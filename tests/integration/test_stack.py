@@ -39,12 +39,9 @@ def test_redis_pings(redis_client: redis.Redis) -> None:
 
 
 def test_fx_doctor_exits_0(neo4j_driver: Driver, settings: Settings) -> None:
-    graph = settings.graph
-    # The loader creates this constraint; doctor requires it, so make sure it exists here too.
-    neo4j_driver.execute_query(
-        f"CREATE CONSTRAINT IF NOT EXISTS FOR (a:{graph.account_label}) REQUIRE a.{graph.id_property} IS UNIQUE",
-        database_=settings.neo4j.database,
-    )
+    from fx_workers.load import ensure_schema
+
+    ensure_schema(neo4j_driver, settings)  # the loader's constraints and index, which doctor requires
     fx = Path(sys.executable).parent / "fx"
     result = subprocess.run([fx, "doctor"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"fx doctor exited {result.returncode}:\n{result.stdout}{result.stderr}"
