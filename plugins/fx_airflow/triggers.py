@@ -51,9 +51,11 @@ class BatchProgress:
     """Error per failed batch id."""
 
     def add(self, signal: CompletionSignal) -> None:
+        """Count a signal; a batch that succeeded once is done, whatever a redelivered copy says."""
         if signal.status is BatchStatus.OK:
             self.done[signal.batch_id] = signal.accounts
-        else:
+            self.failed.pop(signal.batch_id, None)
+        elif signal.batch_id not in self.done:
             self.failed.setdefault(signal.batch_id, f"worker {signal.worker_id}: {signal.error}")
 
     @property

@@ -96,6 +96,13 @@ def test_run_fails_fast_on_a_failed_batch() -> None:
     assert payload["failed"] == {"1": "worker 1: boom"}
 
 
+def test_a_redelivered_batch_that_fails_after_succeeding_does_not_fail_the_run() -> None:
+    consumer = FakeConsumer([FakeMessage(signal(0)), FakeMessage(signal(0, BatchStatus.FAILED)),
+                             FakeMessage(signal(1)), FakeMessage(signal(2))])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
+    assert payload["status"] == "done" and payload["failed"] == {}
+
+
 def test_run_times_out_with_the_missing_batches() -> None:
     consumer = FakeConsumer([FakeMessage(signal(1))])
     payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS | {"deadline": 0.0}), consumer))
