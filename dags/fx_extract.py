@@ -1,7 +1,7 @@
 """
 ### fx_extract: graph features for every account, computed by the fx worker pool
 
-1. **plan** reads every account with its transfer count up to `as_of` from Neo4j, cuts
+1. **plan** reads every account with its transfer count (its cost) from Neo4j, cuts
    cost-balanced batches, makes sure the Kafka topics exist, and records where this run's results
    will start on `features-computed`. Only a summary goes to XCom, never node ids.
 2. **publish** sends one extraction request per batch to `feature-extraction`, re-deriving the

@@ -49,8 +49,10 @@ def plan_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int) -> list[li
     """Split accounts into ``ceil(len/batch_size)`` batches of about equal cost.
 
     An account costs 1 plus its transfer count; the heaviest go first, each to the cheapest batch
-    so far (longest-processing-time rule), so one hub does not make one batch ten times slower.
-    Deterministic for the same inputs (ties broken by id), ids sorted within each batch.
+    so far that has room (longest-processing-time rule), so one hub does not make one batch ten
+    times slower. ``batch_size`` is the average; no batch gets more than twice it, which leaves room
+    to balance and bounds a request's size. Deterministic for the same inputs (ties broken by id),
+    ids sorted within each batch.
     """
     if len(ids) == 0:
         return []
@@ -59,9 +61,10 @@ def plan_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int) -> list[li
     heap = [(0, b) for b in range(n_batches)]
     members: list[list[str]] = [[] for _ in range(n_batches)]
     for i in order.tolist():
-        load, b = heapq.heappop(heap)
+        load, b = heapq.heappop(heap)  # never empty: n_batches * batch_size >= len(ids)
         members[b].append(str(ids[i]))
-        heapq.heappush(heap, (load + int(costs[i]) + 1, b))
+        if len(members[b]) < 2 * batch_size:
+            heapq.heappush(heap, (load + int(costs[i]) + 1, b))
     return [sorted(batch) for batch in members if batch]
 
 

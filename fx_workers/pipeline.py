@@ -100,8 +100,9 @@ def missing_topics(admin: AdminClient, settings: Settings) -> list[tuple[str, in
 
 
 def balanced_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int, partitions: int) -> list[list[str]]:
-    """Cost-balanced batches of at most ``batch_size`` accounts, their count raised towards a multiple of
-    ``partitions`` so every request partition, hence every worker, gets about the same load."""
+    """Cost-balanced batches of about ``batch_size`` accounts (see :func:`plan_batches`), their count
+    raised towards a multiple of ``partitions`` so every request partition, hence every worker, gets
+    about the same load."""
     count = -(-len(ids) // batch_size)
     count = min(-(-count // partitions) * partitions, len(ids))
     return plan_batches(ids, costs, -(-len(ids) // count)) if count else []

@@ -32,6 +32,15 @@ def test_a_hub_gets_a_batch_of_its_own_and_the_rest_are_balanced() -> None:
     assert max(loads) - min(loads) <= 11  # within one account's cost
 
 
+def test_no_batch_gets_more_than_twice_the_batch_size() -> None:
+    ids = np.array([f"A{i:03d}" for i in range(100)])
+    costs = np.ones(100, dtype=np.int64)
+    costs[:8] = 1000  # eight hubs: without the cap the 92 light accounts would crowd into two batches
+    batches = plan_batches(ids, costs, 10)
+    assert len(batches) == 10 and max(len(b) for b in batches) == 20
+    assert sorted(i for b in batches for i in b) == ids.tolist()
+
+
 def test_no_accounts_no_batches() -> None:
     assert plan_batches(np.array([], dtype=str), np.array([], dtype=np.int64), 10) == []
 
