@@ -103,7 +103,7 @@ class Slice:
                 for key, values in zip(keys, pipe.execute(), strict=True)}
 
     def drop(self, client: redis.Redis, admin: AdminClient, driver: Driver) -> None:
-        """Remove everything the slice wrote: Redis keys, topics, nodes and their constraints."""
+        """Remove everything the slice wrote: Redis keys, topics, nodes, their constraints and index."""
         keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*", count=10_000))
         for start in range(0, len(keys), 10_000):
             client.delete(*keys[start : start + 10_000])
@@ -115,6 +115,7 @@ class Slice:
         for name in (f"{graph.account_label}_{graph.id_property}_unique",
                      f"{graph.transfer_type}_{graph.tx_id_property}_unique"):
             driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)
+        driver.execute_query(f"DROP INDEX {graph.transfer_type}_{graph.ts_property} IF EXISTS", database_=database)
 
 
 def airflow_env(piece: Slice, home: Path) -> dict[str, str]:
