@@ -10,16 +10,16 @@ import heapq
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from fx_workers.features import SCHEMA_VERSION, compute_features
 from fx_workers.graph import Cypher, open_driver, read_accounts, read_batch
 from fx_workers.keys import RedisKeys
+from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.sink import RedisSink, open_redis
 
 if TYPE_CHECKING:
@@ -33,16 +33,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class ProgressFactory(Protocol):
-    """``progress(description, total)`` is a context manager yielding ``advance(n)``."""
-
-    def __call__(self, description: str, total: int | None) -> AbstractContextManager[Callable[[int], None]]: ...
-
-
-def no_progress(description: str, total: int | None) -> AbstractContextManager[Callable[[int], None]]:
-    return nullcontext(lambda n: None)
 
 
 def plan_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int) -> list[list[str]]:

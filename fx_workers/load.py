@@ -13,24 +13,22 @@ import csv
 import math
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fx_workers.graph import Cypher, open_driver
+from fx_workers.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from contextlib import AbstractContextManager
+    from collections.abc import Callable
     from pathlib import Path
 
     from neo4j import Driver
 
     from fx_workers.config import Settings
 
-    Progress = Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]
     RowParser = Callable[[list[str], int], "Transfer"]
 
 BATCH_SIZE = 10_000
@@ -131,12 +129,6 @@ class _RowError(ValueError):
     """One row (or the header) is bad; the message is the reason shown to the user."""
 
 
-@contextmanager
-def no_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """The default ``progress``: library callers and tests need no terminal."""
-    yield lambda n: None
-
-
 def ensure_schema(driver: Driver, settings: Settings) -> None:
     """Create the constraints and index that loading and extraction rely on (idempotent)."""
     cypher = Cypher(settings.graph)
@@ -151,7 +143,7 @@ def load_csv(
     fmt: str = "native",
     replace: bool = False,
     skip_bad: bool = False,
-    progress: Progress = no_progress,
+    progress: ProgressFactory = no_progress,
 ) -> LoadSummary:
     """Check the whole file, then write its accounts and transfers to Neo4j in batches.
 
@@ -199,7 +191,7 @@ def _write_batches(
     query: str,
     rows: list[Any],
     description: str,
-    progress: Progress,
+    progress: ProgressFactory,
     encode: Callable[[list[Any]], list[Any]] = list,
 ) -> None:
     """Run ``query`` once per batch of ``rows``, passed as ``$rows``, each in its own transaction."""

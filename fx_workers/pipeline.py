@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from neo4j import Driver
 
     from fx_workers.config import Settings
-    from fx_workers.sink import RedisSink
+    from fx_workers.sink import FeatureSink
     from fx_workers.verify import VerifyReport
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class AggregateSummary:
     seconds: float = 0.0
 
 
-def aggregate_run(consumer: Consumer, sink: RedisSink, settings: Settings, plan: dict[str, Any]) -> AggregateSummary:
+def aggregate_run(consumer: Consumer, sink: FeatureSink, settings: Settings, plan: dict[str, Any]) -> AggregateSummary:
     """Write this run's results to Redis, each batch once.
 
     A batch's chunks and completion share a key, hence a partition and an order: the chunks are
@@ -278,7 +278,7 @@ def aggregate_run(consumer: Consumer, sink: RedisSink, settings: Settings, plan:
     return summary
 
 
-def finish_run(settings: Settings, sink: RedisSink, plan: dict[str, Any],
+def finish_run(settings: Settings, sink: FeatureSink, plan: dict[str, Any],
                summaries: list[dict[str, Any]], **manifest: Any) -> VerifyReport:
     """Check every batch was written, write the manifest, verify, and on success set ``latest``.
 

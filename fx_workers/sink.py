@@ -38,11 +38,14 @@ def open_redis(config: RedisConfig, **options: object) -> redis.Redis:
 
 
 class FeatureSink(Protocol):
-    """Where computed features go; Redis is the one implementation fx ships."""
+    """Where a run's features and its manifest go: the seam between extraction and the online
+    store. Redis is the one implementation fx ships; writes must be idempotent."""
 
     def write(self, features: BatchFeatures, *, run_id: str, as_of: int, schema: str) -> None: ...
 
     def write_manifest(self, run_id: str, manifest: dict[str, object]) -> None: ...
+
+    def set_latest(self, run_id: str) -> None: ...
 
 
 def _bulk(data: bytes) -> bytes:

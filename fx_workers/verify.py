@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from neo4j import Driver
 
     from fx_workers.config import Settings
-    from fx_workers.extract import ProgressFactory
+    from fx_workers.progress import ProgressFactory
 
 REL_TOL = 1e-9
 SHOWN = 10
@@ -94,7 +94,8 @@ def verify_run(settings: Settings, run_id: str | None = None, *, sample: int | N
     :param sample: accounts to recompute, defaults to ``extraction.verify_sample``
     :raises RunNotFoundError: when the run has no manifest
     """
-    from fx_workers.extract import extract_batch, no_progress
+    from fx_workers.extract import extract_batch
+    from fx_workers.progress import no_progress
 
     progress = progress or no_progress
     keys = RedisKeys(settings.redis.prefix)
