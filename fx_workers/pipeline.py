@@ -31,6 +31,7 @@ from fx_workers.messages import (
     CompletionSignal,
     ExtractionRequest,
     FeatureResult,
+    MessageError,
     MessageKind,
     header_value,
     join_features,
@@ -233,6 +234,7 @@ class AggregateSummary:
     transfers: int = 0
     messages: int = 0
     duplicates: int = 0
+    incomplete: int = 0
     seconds: float = 0.0
 
 
@@ -241,9 +243,8 @@ def aggregate_run(consumer: Consumer, sink: FeatureSink, settings: Settings, pla
 
     A batch's chunks and completion share a key, hence a partition and an order: the chunks are
     gathered until their completion, checked whole against it, then written. Chunks of a batch that
-    was already written (a redelivery) are dropped.
-
-    :raises MessageError: when a completed batch is not whole
+    was already written (a redelivery) are dropped; an incomplete copy is skipped, and if no whole
+    copy follows, :func:`finish_run` reports the batch as missing.
     """
     started = time.perf_counter()
     run = Plan.from_dict(plan)
@@ -265,7 +266,12 @@ def aggregate_run(consumer: Consumer, sink: FeatureSink, settings: Settings, pla
             if signal.status is not BatchStatus.OK or signal.batch_id in written:
                 summary.duplicates += len(chunks) + 1
                 continue
-            features = join_features(list(chunks.values()), signal)
+            try:
+                features = join_features(list(chunks.values()), signal)
+            except MessageError as exc:  # e.g. a chunk lost to a delivery timeout; a retried copy may follow
+                log.warning("skipped an incomplete copy of batch %d: %s", signal.batch_id, exc)
+                summary.incomplete += 1
+                continue
             sink.write(features, run_id=run.run_id, as_of=run.as_of, schema=run.schema_version)
             written.add(signal.batch_id)
             summary.accounts += signal.accounts
@@ -273,8 +279,8 @@ def aggregate_run(consumer: Consumer, sink: FeatureSink, settings: Settings, pla
     summary.batch_ids = sorted(written)
     summary.seconds = round(time.perf_counter() - started, 3)
     log.info("aggregated run=%s partitions=%s batches=%d accounts=%d transfers=%d messages=%d duplicates=%d "
-             "seconds=%.1f", run.run_id, sorted(start), len(summary.batch_ids), summary.accounts,
-             summary.transfers, summary.messages, summary.duplicates, summary.seconds)
+             "incomplete=%d seconds=%.1f", run.run_id, sorted(start), len(summary.batch_ids), summary.accounts,
+             summary.transfers, summary.messages, summary.duplicates, summary.incomplete, summary.seconds)
     return summary
 
 

@@ -6,8 +6,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from fx_workers.batch import BatchFeatures
 from fx_workers.config import load_settings
-from fx_workers.pipeline import PipelineError, balanced_batches, batches_digest, missing_topics, request_key
+from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.messages import (
+    BatchStatus,
+    CompletionSignal,
+    MessageKind,
+    kafka_headers,
+    results_checksum,
+    split_features,
+)
+from fx_workers.pipeline import (
+    PipelineError,
+    Plan,
+    aggregate_run,
+    balanced_batches,
+    batches_digest,
+    missing_topics,
+    request_key,
+)
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 4, 7])
@@ -47,3 +65,71 @@ def test_missing_topics_are_created_and_too_few_partitions_refused() -> None:
     ]
     with pytest.raises(PipelineError, match=r"must have at least 4 partitions .* Got 2"):
         missing_topics(fake_admin({topics.requests: 2}), settings)
+
+
+class FakeMessage:
+    def __init__(self, offset: int, kind: MessageKind, value: bytes) -> None:
+        self._offset, self._value = offset, value
+        self._headers = kafka_headers(kind, "r")
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class OnePartitionLog:
+    """A results topic of one partition holding ``messages``, read the way ``read_run`` reads."""
+
+    def __init__(self, messages: list[tuple[MessageKind, bytes]]) -> None:
+        self.messages = [FakeMessage(i, kind, value) for i, (kind, value) in enumerate(messages)]
+
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})
+
+    def get_watermark_offsets(self, partition, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, len(self.messages)
+
+    def incremental_assign(self, partitions: list) -> None: ...
+
+    def incremental_unassign(self, partitions: list) -> None: ...
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        batch, self.messages = self.messages, []
+        return batch
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.written: list[BatchFeatures] = []
+
+    def write(self, features: BatchFeatures, *, run_id: str, as_of: int, schema: str) -> None:
+        self.written.append(features)
+
+
+def test_aggregation_skips_an_incomplete_copy_and_writes_the_whole_one_once() -> None:
+    batch = BatchFeatures(np.array(["a", "b"]), np.ones((2, len(NODE_FEATURE_NAMES))),
+                          np.array(["t"]), np.ones((1, len(EDGE_FEATURE_NAMES))))
+    chunks = split_features(batch, run_id="r", batch_id=0, as_of=1, schema_version=SCHEMA_VERSION)
+    completion = CompletionSignal(run_id="r", batch_id=0, as_of=1, schema_version=SCHEMA_VERSION,
+                                  status=BatchStatus.OK, accounts=2, transfers=1, result_messages=len(chunks),
+                                  checksum=results_checksum(chunks)).encode()
+    whole = [*((MessageKind.RESULT, c.encode()) for c in chunks), (MessageKind.COMPLETION, completion)]
+    lost_first_chunk = whole[1:]
+    sink = RecordingSink()
+    plan = Plan(run_id="r", as_of=1, schema_version=SCHEMA_VERSION, batch_size=2, batches=1, accounts=2,
+                cost=2, digest="d", partitions=1, start_offsets={"0": 0}).to_dict()
+    summary = aggregate_run(OnePartitionLog(lost_first_chunk + whole + whole), sink, load_settings(), plan)
+    assert (summary.batch_ids, summary.incomplete, summary.accounts) == ([0], 1, 2)
+    assert summary.duplicates == len(whole)
+    assert len(sink.written) == 1 and sink.written[0].node_ids.tolist() == ["a", "b"]
