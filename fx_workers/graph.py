@@ -51,7 +51,8 @@ class Cypher:
     def accounts(self) -> str:
         """Every account id with its number of transfers (all of them: a cost estimate for batching,
         read from the degree store without touching a relationship)."""
-        return self.render("MATCH (a:{A}) RETURN collect(a.{id}) AS ids, collect(COUNT {{ (a)-[:{T}]-() }}) AS costs")
+        return self.render("MATCH (a:{A}) WHERE a.{id} IS NOT NULL "  # collect() skips nulls: keep lists aligned
+                           "RETURN collect(a.{id}) AS ids, collect(COUNT {{ (a)-[:{T}]-() }}) AS costs")
 
     @property
     def transfers_after(self) -> str:
@@ -88,7 +89,7 @@ class Cypher:
         return self.render(
             "UNWIND $ids AS id "
             "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE t.{ts} <= $as_of "
-            "WITH DISTINCT u "
+            "WITH DISTINCT u WHERE u.{id} IS NOT NULL "
             "RETURN collect(u.{id}) AS ids, "
             f"collect(COUNT {{{{ (u)-[x:{{T}}]->(){where} }}}}) AS out_count, "
             f"collect(COUNT {{{{ (u)<-[x:{{T}}]-(){where} }}}}) AS in_count"
