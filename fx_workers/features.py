@@ -360,7 +360,8 @@ def compute_features(batch: BatchInput) -> BatchFeatures:
     f["below_threshold_ratio"] = _ratio(_count(go[_is_below_threshold(out.amount)], n), out_count)
 
     # temporal velocity
-    f["active_span_seconds"] = _max(ga, all_ts, n) - _min(ga, all_ts, n)
+    ts_max, ts_min = _max(ga, all_ts, n), _min(ga, all_ts, n)
+    f["active_span_seconds"] = ts_max - ts_min
     for name, window in (("1h", HOUR), ("24h", DAY), ("7d", WEEK)):
         recent_out, recent_in = out.ts > as_of - window, inc.ts > as_of - window
         f[f"count_{name}"] = _count(go[recent_out], n) + _count(gi[recent_in], n)
@@ -371,8 +372,8 @@ def compute_features(batch: BatchInput) -> BatchFeatures:
             f["fan_out_24h"] = _distinct_count(go[recent_out], out_cp[recent_out], n)
             f["fan_in_24h"] = _distinct_count(gi[recent_in], in_cp[recent_in], n)
     active = total > 0
-    f["seconds_since_last"] = np.where(active, as_of - _max(ga, all_ts, n), 0.0)
-    f["seconds_since_first"] = np.where(active, as_of - _min(ga, all_ts, n), 0.0)
+    f["seconds_since_last"] = np.where(active, as_of - ts_max, 0.0)
+    f["seconds_since_first"] = np.where(active, as_of - ts_min, 0.0)
     order = np.lexsort((all_ts, ga))
     gs, ts_sorted = ga[order], all_ts[order]
     same = gs[1:] == gs[:-1]

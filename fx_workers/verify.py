@@ -55,13 +55,13 @@ class VerifyReport:
 def _check_records(kind: str, ids: Sequence[str], records: list, names: Sequence[str], run_id: str,
                    as_of: int, schema: str) -> list[str]:
     problems = []
+    expected_meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: schema}
     for entity_id, record in zip(ids, records, strict=True):
         if record is None:
             problems.append(f"{kind} {entity_id}: no record")
             continue
         missing = [n for n in names if n not in record]
         bad = [n for n in names if n in record and not math.isfinite(record[n])]
-        expected_meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: schema}
         wrong_meta = [f"{k}={record.get(k)!r} (expected {v!r})" for k, v in expected_meta.items() if record.get(k) != v]
         if missing:
             problems.append(f"{kind} {entity_id}: missing {', '.join(missing)}")
