@@ -23,9 +23,7 @@ import fx_workers.pipeline
 import fx_workers.sink
 from bench.measure import BenchError, Measurement, PhaseClock, wait_with_rss
 from fx_workers.config import REPO_ROOT, load_settings
-from fx_workers.doctor import topic_partitions
-from fx_workers.graph import open_driver
-from fx_workers.keys import RedisKeys
+from fx_workers.engine.graph import open_driver
 from fx_workers.messages import HEADER_KIND, HEADER_RUN, BatchStatus, CompletionSignal, MessageKind, header_value
 from fx_workers.pipeline import (
     READER_CONFIG,
@@ -37,6 +35,8 @@ from fx_workers.pipeline import (
     request_messages,
 )
 from fx_workers.sink import RedisSink, open_redis
+from fx_workers.store.keys import RedisKeys
+from fx_workers.tools.doctor import topic_partitions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.measure import BenchError, Measurement
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.engine.graph import Cypher, as_array, open_driver, read_accounts
 from fx_workers.extract import extract_batch, plan_batches
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
-from fx_workers.graph import Cypher, as_array, open_driver, read_accounts
-from fx_workers.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
 from fx_workers.sink import CHUNK, open_redis
+from fx_workers.store.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

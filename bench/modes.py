@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+import fx_workers.engine.graph
 import fx_workers.extract
-import fx_workers.graph
 import fx_workers.sink
 import fx_workers.verify
 from bench.distributed import run_distributed
@@ -36,8 +36,8 @@ PRELOADED = ("neo4j", "redis", "confluent_kafka")
 LOCAL_PHASES = [
     (fx_workers.extract, "read_accounts", "neo4j"),
     (fx_workers.extract, "read_batch", "neo4j"),
-    (fx_workers.graph, "_edges", "decode"),
-    (fx_workers.graph, "as_array", "decode"),
+    (fx_workers.engine.graph, "_edges", "decode"),
+    (fx_workers.engine.graph, "as_array", "decode"),
     (fx_workers.extract, "compute_features", "compute"),
     (fx_workers.sink.RedisSink, "write", "encode"),
     (fx_workers.sink.RedisSink, "_send", "redis"),

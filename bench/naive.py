@@ -13,10 +13,10 @@ from collections import Counter
 from typing import TYPE_CHECKING, NamedTuple
 
 from bench.measure import Measurement, PhaseClock
-from fx_workers.features import SCHEMA_VERSION
-from fx_workers.graph import Cypher, open_driver
-from fx_workers.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.graph import Cypher, open_driver
 from fx_workers.sink import open_redis
+from fx_workers.store.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
 
 if TYPE_CHECKING:
     from fx_workers.config import Settings

@@ -26,10 +26,10 @@ from bench import report
 from bench.floor import prepare_records
 from bench.measure import BenchError, run_child
 from fx_workers.config import REPO_ROOT, load_settings
-from fx_workers.generate import END_TS, write_csv
-from fx_workers.graph import Cypher, open_driver
-from fx_workers.load import load_csv
+from fx_workers.engine.graph import Cypher, open_driver
 from fx_workers.sink import open_redis
+from fx_workers.tools.generate import END_TS, write_csv
+from fx_workers.tools.load import load_csv
 
 if TYPE_CHECKING:
     import redis

@@ -47,8 +47,8 @@ topics = config.kafka.topics
 def _sink() -> RedisSink:
     from airflow.providers.redis.hooks.redis import RedisHook
 
-    from fx_workers.keys import RedisKeys
     from fx_workers.sink import RedisSink
+    from fx_workers.store.keys import RedisKeys
 
     return RedisSink(RedisHook(REDIS).get_conn(), RedisKeys(config.redis.prefix))
 

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from fx_workers.features import SCHEMA_VERSION, compute_features
-from fx_workers.graph import Cypher, open_driver, read_accounts, read_batch
-from fx_workers.keys import RedisKeys
+from fx_workers.engine.features import SCHEMA_VERSION, compute_features
+from fx_workers.engine.graph import Cypher, open_driver, read_accounts, read_batch
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.sink import RedisSink, open_redis
+from fx_workers.store.keys import RedisKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from neo4j import Driver
 
-    from fx_workers.batch import BatchFeatures, BatchInput
     from fx_workers.config import Settings
+    from fx_workers.engine.batch import BatchFeatures, BatchInput
     from fx_workers.verify import VerifyReport
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from typing import Annotated, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fx_workers.batch import BatchFeatures
+from fx_workers.engine.batch import BatchFeatures
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1_000_000

@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fx_workers.doctor import topic_partitions
+from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.graph import Cypher, read_accounts
 from fx_workers.extract import plan_batches
-from fx_workers.features import SCHEMA_VERSION
-from fx_workers.graph import Cypher, read_accounts
 from fx_workers.messages import (
     HEADER_KIND,
     HEADER_RUN,
@@ -36,6 +35,7 @@ from fx_workers.messages import (
     header_value,
     join_features,
 )
+from fx_workers.tools.doctor import topic_partitions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.keys import META_AS_OF, META_FIELDS, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.keys import META_AS_OF, META_FIELDS, META_RUN_ID, META_SCHEMA, RedisKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     import redis
 
-    from fx_workers.batch import BatchFeatures
     from fx_workers.config import RedisConfig
+    from fx_workers.engine.batch import BatchFeatures
 
 CHUNK = 5000
 """Hashes per pipeline round trip: large enough to amortise it, small enough to bound memory."""

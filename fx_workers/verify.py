@@ -8,10 +8,10 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.graph import Cypher, open_driver, read_accounts
-from fx_workers.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.graph import Cypher, open_driver, read_accounts
 from fx_workers.sink import CHUNK, FeatureReader, open_redis
+from fx_workers.store.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -8,7 +8,7 @@ stops waiting.
 
 The loop follows rq: check stop, poll, process, repeat. The first SIGTERM/SIGINT is a warm stop
 (finish the current batch), the second a cold stop (abandon it uncommitted). A thread keeps the
-health key (:meth:`~fx_workers.keys.RedisKeys.worker_health`) alive with counters, as arq does.
+health key (:meth:`~fx_workers.store.keys.RedisKeys.worker_health`) alive with counters, as arq does.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.graph import open_driver
 from fx_workers.extract import extract_batch
-from fx_workers.features import SCHEMA_VERSION
-from fx_workers.graph import open_driver
-from fx_workers.keys import RedisKeys
 from fx_workers.messages import (
     BatchStatus,
     CompletionSignal,
@@ -39,6 +38,7 @@ from fx_workers.messages import (
     split_features,
 )
 from fx_workers.sink import open_redis
+from fx_workers.store.keys import RedisKeys
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fx_workers.config import load_settings
-from fx_workers.keys import RedisKeys
-from fx_workers.pipeline_stack import AirflowApi, airflow_home, api_url, passwords_file
 from fx_workers.sink import FeatureReader, open_redis
+from fx_workers.store.keys import RedisKeys
+from fx_workers.tools.stack import AirflowApi, airflow_home, api_url, passwords_file
 
 if TYPE_CHECKING:
     from fx_workers.config import Settings

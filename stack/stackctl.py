@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING
 import psutil
 
 from fx_workers.config import REPO_ROOT, ConfigError, Settings, config_path, load_settings
-from fx_workers.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
-from fx_workers.pipeline_stack import env as pipeline_env
-from fx_workers.pipeline_stack import service_specs as pipeline_services
+from fx_workers.tools.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
+from fx_workers.tools.stack import env as pipeline_env
+from fx_workers.tools.stack import service_specs as pipeline_services
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from fx_workers.config import Neo4jConfig
-    from fx_workers.doctor import Check
+    from fx_workers.tools.doctor import Check
 
 VENV_BIN = os.path.dirname(sys.executable)
 STOP_TIMEOUT_SECONDS = 30.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from fx_workers.batch import BatchInput, EdgeArrays
+from fx_workers.engine.batch import BatchInput, EdgeArrays
 from tests.reference import Transfer
 
 AS_OF = 1_700_000_000
@@ -40,7 +40,7 @@ def _edges(rows: list[tuple[int, Transfer, str]]) -> EdgeArrays:
 
 
 def batch_input(transfers: list[Transfer], ids: list[str], as_of: int) -> BatchInput:
-    """What :mod:`fx_workers.graph`'s bulk reads return for ``ids``, built in memory."""
+    """What :mod:`fx_workers.engine.graph`'s bulk reads return for ``ids``, built in memory."""
     visible = [t for t in transfers if t.ts <= as_of]
     out = [(i, t, t.payee) for i, v in enumerate(ids) for t in visible if t.payer == v]
     inc = [(i, t, t.payer) for i, v in enumerate(ids) for t in visible if t.payee == v]

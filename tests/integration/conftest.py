@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fx_workers.config import load_settings
-from fx_workers.doctor import kafka_admin as make_kafka_admin
-from fx_workers.doctor import kafka_checks, neo4j_checks, redis_checks
-from fx_workers.graph import open_driver
+from fx_workers.engine.graph import open_driver
+from fx_workers.tools.doctor import kafka_admin as make_kafka_admin
+from fx_workers.tools.doctor import kafka_checks, neo4j_checks, redis_checks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from neo4j import Driver
 
     from fx_workers.config import Settings
-    from fx_workers.doctor import Check
+    from fx_workers.tools.doctor import Check
     from tests.integration.pipeline_env import Slice
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fx_workers.config import REPO_ROOT, load_settings
-from fx_workers.keys import META_RUN_ID
+from fx_workers.store.keys import META_RUN_ID
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,9 +65,9 @@ class Slice:
         """A generated graph under the slice's labels, and the slice's topics."""
         from confluent_kafka.admin import NewTopic
 
-        from fx_workers.generate import write_csv
-        from fx_workers.load import load_csv
         from fx_workers.pipeline import missing_topics
+        from fx_workers.tools.generate import write_csv
+        from fx_workers.tools.load import load_csv
 
         csv = folder / "graph.csv"
         write_csv(csv, transactions=GENERATED_TRANSACTIONS, seed=11)
@@ -120,7 +120,7 @@ class Slice:
 
 def airflow_env(piece: Slice, home: Path) -> dict[str, str]:
     """The slice's environment plus Airflow's, with its own metadata database under ``home``."""
-    from fx_workers.pipeline_stack import env
+    from fx_workers.tools.stack import env
 
     return {**piece.env, **env(piece.settings), "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fx_workers.config import REPO_ROOT
-from fx_workers.keys import RedisKeys
-from fx_workers.load import load_csv
-from fx_workers.pipeline_stack import AirflowApi
 from fx_workers.sink import FeatureReader
+from fx_workers.store.keys import RedisKeys
+from fx_workers.tools.load import load_csv
+from fx_workers.tools.stack import AirflowApi
 from tests.integration.pipeline_env import AS_OF, Slice, airflow_env
 
 if TYPE_CHECKING:

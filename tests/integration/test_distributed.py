@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fx_workers.features import SCHEMA_VERSION
-from fx_workers.graph import open_driver
-from fx_workers.keys import RedisKeys
+from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.graph import open_driver
 from fx_workers.messages import HEADER_KIND, CompletionSignal, DeadLetter, ExtractionRequest, header_value
 from fx_workers.pipeline import READER_CONFIG, aggregate_run, end_offsets, finish_run, plan_run, request_messages
 from fx_workers.sink import RedisSink
+from fx_workers.store.keys import RedisKeys
 from fx_workers.worker import Worker
 from tests.integration.pipeline_env import AS_OF, Slice
 

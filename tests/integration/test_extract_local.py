@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from fx_workers.config import load_settings
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.keys import RedisKeys
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.sink import FeatureReader, open_redis
+from fx_workers.store.keys import RedisKeys
 from tests.reference import Reference, Transfer
 
 FX = [str(Path(sys.executable).parent / "fx")]

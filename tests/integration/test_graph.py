@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fx_workers.config import GraphModel
-from fx_workers.graph import Cypher, read_accounts
+from fx_workers.engine.graph import Cypher, read_accounts
 
 if TYPE_CHECKING:
     from neo4j import Driver

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fx_workers.generate import write_csv
-from fx_workers.graph import Cypher
-from fx_workers.load import BadRowsError, load_csv
+from fx_workers.engine.graph import Cypher
+from fx_workers.tools.generate import write_csv
+from fx_workers.tools.load import BadRowsError, load_csv
 
 if TYPE_CHECKING:
     from neo4j import Driver

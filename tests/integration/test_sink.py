@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import redis
 
-from fx_workers.batch import BatchFeatures
 from fx_workers.config import load_settings
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.keys import RedisKeys
+from fx_workers.engine.batch import BatchFeatures
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.sink import FeatureReader, RedisSink, open_redis
+from fx_workers.store.keys import RedisKeys
 
 PREFIX = "fxtest-sink"
 

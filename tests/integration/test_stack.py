@@ -39,7 +39,7 @@ def test_redis_pings(redis_client: redis.Redis) -> None:
 
 
 def test_fx_doctor_exits_0(neo4j_driver: Driver, settings: Settings) -> None:
-    from fx_workers.load import ensure_schema
+    from fx_workers.tools.load import ensure_schema
 
     ensure_schema(neo4j_driver, settings)  # the loader's constraints and index, which doctor requires
     fx = Path(sys.executable).parent / "fx"

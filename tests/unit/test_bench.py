@@ -12,7 +12,7 @@ from bench import report
 from bench.floor import resp_commands
 from bench.measure import PhaseClock
 from bench.naive import Leg, core_edge_features, core_node_features
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
 from tests.reference import Reference, Transfer
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fx_workers.features import (
+from fx_workers.engine.features import (
     EDGE_FEATURE_NAMES,
     EDGE_FEATURES,
     NODE_FEATURE_NAMES,
@@ -142,7 +142,7 @@ def test_empty_batch_account_gives_zeros() -> None:
 
 
 def test_docs_features_md_is_current() -> None:
-    from fx_workers.catalogue_doc import render_markdown
+    from fx_workers.tools.catalogue_doc import render_markdown
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "features.md"
     assert doc.read_text() == render_markdown(), "docs/features.md is stale: fx features docs > docs/features.md"

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from fx_workers.generate import CHANNELS, CURRENCIES, END_TS, WINDOW_SECONDS, _pattern_edges, write_csv
-from fx_workers.load import NATIVE_HEADER, read_transfers
+from fx_workers.tools.generate import CHANNELS, CURRENCIES, END_TS, WINDOW_SECONDS, _pattern_edges, write_csv
+from fx_workers.tools.load import NATIVE_HEADER, read_transfers
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from fx_workers.config import Neo4jConfig, Settings
-from fx_workers.load import MAX_LISTED, BadRowsError, Transfer, load_csv, read_transfers
+from fx_workers.tools.load import MAX_LISTED, BadRowsError, Transfer, load_csv, read_transfers
 
 if TYPE_CHECKING:
     from pathlib import Path

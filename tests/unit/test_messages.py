@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fx_workers.batch import BatchFeatures
+from fx_workers.engine.batch import BatchFeatures
 from fx_workers.messages import (
     MAX_MESSAGE_BYTES,
     BatchStatus,

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fx_workers.batch import BatchFeatures
 from fx_workers.config import load_settings
-from fx_workers.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.engine.batch import BatchFeatures
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
 from fx_workers.messages import (
     BatchStatus,
     CompletionSignal,

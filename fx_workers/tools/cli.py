@@ -52,7 +52,7 @@ def generate(
     accounts: Annotated[int | None, typer.Option(help="Number of accounts, defaults to N/8.")] = None,
 ) -> None:
     """Write a synthetic transaction graph as native CSV."""
-    from fx_workers.generate import write_csv
+    from fx_workers.tools.generate import write_csv
 
     summary = write_csv(out, transactions=transactions, seed=seed, accounts=accounts)
     console.print(summary)
@@ -66,7 +66,7 @@ def load(
     skip_bad: Annotated[bool, typer.Option(help="Load the good rows and list the bad ones.")] = False,
 ) -> None:
     """Load a transaction CSV into Neo4j."""
-    from fx_workers.load import BadRowsError, load_csv
+    from fx_workers.tools.load import BadRowsError, load_csv
 
     try:
         summary = load_csv(file, settings(), fmt=fmt.value, replace=replace, skip_bad=skip_bad,
@@ -81,7 +81,7 @@ def doctor() -> None:
     """Check the services, topics and graph; print a fix for each failure."""
     from rich.table import Table
 
-    from fx_workers.doctor import run_checks
+    from fx_workers.tools.doctor import run_checks
 
     checks = run_checks(settings())
     failed = not all(check.ok for check in checks)
@@ -162,8 +162,8 @@ def features_get(
 
     from rich.table import Table
 
-    from fx_workers.keys import RedisKeys
     from fx_workers.sink import FeatureReader, open_redis
+    from fx_workers.store.keys import RedisKeys
 
     config = settings().redis
     reader = FeatureReader(open_redis(config), RedisKeys(config.prefix))
@@ -184,7 +184,7 @@ def features_get(
 @features_app.command("docs")
 def features_docs() -> None:
     """Print the catalogue as Markdown (the source of docs/features.md)."""
-    from fx_workers.catalogue_doc import render_markdown
+    from fx_workers.tools.catalogue_doc import render_markdown
 
     print(render_markdown(), end="")
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from fx_workers.graph import Cypher, open_driver
+from fx_workers.engine.graph import Cypher, open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ class BatchInput:
 class BatchFeatures:
     """The features of one batch: a row per account and a row per outgoing transfer.
 
-    Columns follow :data:`fx_workers.features.NODE_FEATURES` and ``EDGE_FEATURES``.
+    Columns follow :data:`fx_workers.engine.features.NODE_FEATURES` and ``EDGE_FEATURES``.
     """
 
     node_ids: np.ndarray  # str, shape (n,)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fx_workers.features import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION, FeatureSpec
-from fx_workers.features import __doc__ as NOTATION
+from fx_workers.engine.features import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION, FeatureSpec
+from fx_workers.engine.features import __doc__ as NOTATION
 
 
 def _table(specs: tuple[FeatureSpec, ...]) -> list[str]:
@@ -18,7 +18,7 @@ def render_markdown() -> str:
     lines = [
         "# Feature catalogue",
         "",
-        "Generated from `fx_workers/features.py` by `fx features docs > docs/features.md`; do not edit by hand.",
+        "Generated from `fx_workers/engine/features.py` by `fx features docs > docs/features.md`; do not edit by hand.",
         "",
         f"Schema version: `{SCHEMA_VERSION}` (a hash of every name and definition; it travels with every result).",
         "",

@@ -6,7 +6,7 @@ by IN(v) as a multiset, so a self-transfer counts twice in it. R(v) and S(v) are
 and payers; N(v) = (R(v) ∪ S(v)) minus {v}. Empty means, maxima, minima, ratios and std are 0;
 std is the population std. "Last 24h" means ``ts > as_of - 86400`` (likewise 1h and 7d).
 
-:func:`compute_features` is pure numpy over a :class:`~fx_workers.batch.BatchInput`: no I/O and
+:func:`compute_features` is pure numpy over a :class:`~fx_workers.engine.batch.BatchInput`: no I/O and
 no per-account Python loop, so the single-process CLI, the workers and the tests share it.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fx_workers.batch import BatchFeatures, BatchInput, EdgeArrays
+from fx_workers.engine.batch import BatchFeatures, BatchInput, EdgeArrays
 
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 ROUND_UNIT = 100.0
@@ -303,7 +303,7 @@ def _is_weekend(ts: np.ndarray) -> np.ndarray:
 def compute_features(batch: BatchInput) -> BatchFeatures:
     """Every node feature of the batch's accounts and every edge feature of their outgoing transfers.
 
-    :param batch: the batch's transfers and neighbour counts, as read by :mod:`fx_workers.graph`
+    :param batch: the batch's transfers and neighbour counts, as read by :mod:`fx_workers.engine.graph`
     :return: matrices in :data:`NODE_FEATURES` and :data:`EDGE_FEATURES` column order
     """
     n, as_of = len(batch.ids), batch.as_of

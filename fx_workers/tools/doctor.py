@@ -24,7 +24,7 @@ UP = "run `make up`"
 LOAD = "run `fx load data/sample.csv` (the loader creates it)"
 
 # librdkafka reports refused connections on stderr unless given a logger; a check says it once.
-_librdkafka_log = logging.getLogger("fx_workers.doctor.librdkafka")
+_librdkafka_log = logging.getLogger("fx_workers.tools.doctor.librdkafka")
 _librdkafka_log.addHandler(logging.NullHandler())
 _librdkafka_log.propagate = False
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.batch import BatchInput, EdgeArrays
+from fx_workers.engine.batch import BatchInput, EdgeArrays
 
 if TYPE_CHECKING:
     from neo4j import Driver

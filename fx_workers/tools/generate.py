@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.load import NATIVE_HEADER
+from fx_workers.tools.load import NATIVE_HEADER
 
 if TYPE_CHECKING:
     from pathlib import Path
