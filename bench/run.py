@@ -27,7 +27,7 @@ from bench.floor import prepare_records
 from bench.measure import BenchError, run_child
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.engine.graph import Cypher, open_driver
-from fx_workers.sink import open_redis
+from fx_workers.store.client import open_redis
 from fx_workers.tools.generate import END_TS, write_csv
 from fx_workers.tools.load import load_csv
 

@@ -1,22 +1,26 @@
 """
 ### fx_extract: graph features for every account, computed by the fx worker pool
 
-1. **plan** reads every account with its transfer count (its cost) from Neo4j, cuts
-   cost-balanced batches, makes sure the Kafka topics exist, and records where this run's results
-   will start on `features-computed`. Only a summary goes to XCom, never node ids.
-2. **publish** sends one extraction request per batch to `feature-extraction`, re-deriving the
-   batches from the same Neo4j read (a retry republishes the same batches).
-3. **wait_for_workers** defers to the triggerer, which counts the workers' completion signals and
-   logs `progress ... batches=done/total ... eta=...` lines; it fails on a failed batch and on
-   `timeout_minutes`, naming the missing batches.
-4. **aggregate** reads this run's results from the recorded offsets, drops duplicates
-   (redelivered batches), and writes the feature hashes to Redis.
-5. **verify** runs the checks of `fx verify`, writes the run manifest `fx:run:{run_id}`, points
-   `fx:latest` at the run and updates the `fx://node_features` asset.
+1. **plan** reads every account with its transfer count (its cost) from Neo4j once, cuts
+   cost-balanced batches, stores them under a new run in Redis (`fx:run:{run}` is its manifest),
+   and records where this run's completion signals will start on `features-computed`. Only a
+   summary goes to XCom, never account ids.
+2. **publish** sends one extraction request per batch to `feature-extraction`, from the plan
+   stored in Redis (a retry sends the same requests; Neo4j is not read again).
+3. **wait_for_workers** defers to the triggerer, which counts the workers' completion signals of
+   this plan and logs `progress ... batches=done/total ... eta=...` lines; it fails on a failed batch
+   and on `timeout_minutes`, naming the missing batches. Workers write each batch straight into the
+   run's own namespace in Redis; no feature value crosses Kafka.
+4. **aggregate** merges the signals (each batch once), the run's per-feature statistics and the
+   drift against the published run into the manifest, and logs them as a table.
+5. **verify** checks counts, a recomputed sample and sampled checksums; only then it points
+   `fx:latest` at the run (readers switch atomically) and updates the `fx://node_features` asset.
+   A failed verification changes nothing readers see.
+6. **retire** deletes runs beyond `retention.runs` and failed or abandoned ones.
 
 Params: `as_of` (epoch seconds; empty means the run's data interval end), `batch_size`,
 `timeout_minutes`. Troubleshooting: the worker logs (`.stack/logs/worker-N.log`) have one line per
-batch; rejected requests are in `feature-extraction-dlq` with the reason.
+batch; rejected requests are in `feature-extraction-dlq` with the reason; `fx runs list`.
 """
 
 from __future__ import annotations
@@ -35,8 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from airflow.sdk import DagRun
-
-    from fx_workers.sink import RedisSink
+    from redis import Redis
 
 KAFKA, NEO4J, REDIS = "fx_kafka", "fx_neo4j", "fx_redis"
 NODE_FEATURES = Asset("fx://node_features")
@@ -44,23 +47,17 @@ config = settings()
 topics = config.kafka.topics
 
 
-def _sink() -> RedisSink:
+def _redis() -> Redis:
     from airflow.providers.redis.hooks.redis import RedisHook
 
-    from fx_workers.sink import RedisSink
-    from fx_workers.store.keys import RedisKeys
-
-    return RedisSink(RedisHook(REDIS).get_conn(), RedisKeys(config.redis.prefix))
+    return RedisHook(REDIS).get_conn()
 
 
 def produce_requests(plan: dict[str, Any]) -> Iterator[tuple[bytes, bytes]]:
-    """The producer function of ``publish``: the plan's requests, re-derived from Neo4j."""
-    from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
+    """The producer function of ``publish``: the plan's requests, from the plan stored in Redis."""
+    from fx_workers.steps.plan import request_messages
 
-    from fx_workers.pipeline import request_messages
-
-    with Neo4jHook(NEO4J).get_conn() as driver:
-        yield from request_messages(driver, config, plan)
+    yield from request_messages(_redis(), config, plan)
 
 
 @dag(
@@ -85,12 +82,13 @@ def fx_extract() -> None:
     @task
     def plan(params: dict[str, Any], run_id: str, dag_run: DagRun,
              data_interval_end: datetime | None = None) -> dict[str, Any]:
-        """Cut cost-balanced batches and record the results topic's end offsets."""
+        """Cut cost-balanced batches, store them under a new run, record the signals topic's end offsets."""
         from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
         from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
         from fx_airflow.hooks import ResultsReaderHook
 
-        from fx_workers.pipeline import missing_topics, plan_run
+        from fx_workers.steps.plan import make_plan
+        from fx_workers.steps.topics import end_offsets, missing_topics
 
         admin = KafkaAdminClientHook(KAFKA)
         if missing := missing_topics(admin.get_conn, config):
@@ -100,39 +98,49 @@ def fx_extract() -> None:
             as_of = int((data_interval_end or dag_run.run_after).timestamp())
         reader = ResultsReaderHook(KAFKA).get_conn
         try:
-            with Neo4jHook(NEO4J).get_conn() as driver:
-                return plan_run(driver, reader, config, run_id=run_id, as_of=as_of,
-                                batch_size=params["batch_size"]).to_dict()
+            offsets = end_offsets(reader, topics.results)
         finally:
             reader.close()
+        with Neo4jHook(NEO4J).get_conn() as driver:
+            planned, _ = make_plan(driver, _redis(), config, as_of=as_of, batch_size=params["batch_size"],
+                                   mode="airflow", partitions=config.kafka.partitions.requests,
+                                   start_offsets=offsets, dag_run_id=run_id)
+        return planned.to_dict()
 
     @task
     def aggregate(plan: dict[str, Any]) -> dict[str, Any]:
-        """Write this run's results to Redis, each batch once."""
-        from dataclasses import asdict
-
+        """Merge the run's completion signals, statistics and drift into its manifest."""
         from fx_airflow.hooks import ResultsReaderHook
 
-        from fx_workers.pipeline import aggregate_run
+        from fx_workers.steps.aggregate import aggregate_run
 
         reader = ResultsReaderHook(KAFKA).get_conn
         try:
-            return asdict(aggregate_run(reader, _sink(), config, plan))
+            return aggregate_run(reader, _redis(), config, plan)
         finally:
             reader.close()
 
     @task(outlets=[NODE_FEATURES], retries=1)
-    def verify(plan: dict[str, Any], waited: dict[str, Any], summary: dict[str, Any]) -> str:
-        """Verify the run; on success write the manifest as verified and point ``latest`` at it."""
+    def verify(plan: dict[str, Any], waited: dict[str, Any]) -> str:
+        """Verify the run; only when it passes, point ``latest`` at it."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from fx_workers.pipeline import finish_run
+        from fx_workers.steps.publish import conclude
+        from fx_workers.steps.verify import verify_run
 
-        report = finish_run(config, _sink(), plan, [summary], wait_seconds=waited["seconds"],
-                            aggregate_seconds=summary["seconds"])
+        client = _redis()
+        report = verify_run(config, client, plan["run_id"])
+        conclude(config, client, report, wait_seconds=waited["seconds"])
         if not report.ok:
             raise AirflowFailException(str(report))
         return str(report)
+
+    @task
+    def retire() -> list[str]:
+        """Delete runs beyond ``retention.runs``, and failed or abandoned ones."""
+        from fx_workers.steps.publish import retire as retire_runs
+
+        return retire_runs(config, _redis())
 
     planned = plan()
     publish = ProduceToTopicOperator(
@@ -141,14 +149,13 @@ def fx_extract() -> None:
         topic=topics.requests,
         producer_function=produce_requests,
         producer_function_kwargs={"plan": planned},
-        delivery_callback="fx_workers.pipeline.fail_on_delivery_error",
+        delivery_callback="fx_workers.steps.topics.fail_on_delivery_error",
         synchronous=False,
     )
     waited = WaitForBatchesOperator(task_id="wait_for_workers", plan=planned, topic=topics.results,
                                     timeout_minutes="{{ params.timeout_minutes }}", kafka_config_id=KAFKA, retries=0)
-    summary = aggregate(planned)
-    planned >> publish >> waited >> summary
-    verify(planned, waited.output, summary)
+    aggregated = aggregate(planned)
+    planned >> publish >> waited >> aggregated >> verify(planned, waited.output) >> retire()
 
 
 fx_extract()

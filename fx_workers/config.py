@@ -89,7 +89,8 @@ class RedisConfig(_Section):
     port: int = Field(6379, ge=1, le=65535)
     db: int = Field(0, ge=0)
     password: SecretStr | None = None
-    prefix: str = "fx"
+    prefix: str = Field("fx", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Every key fx writes starts with ``{prefix}:``."""
     persistence: bool = False
     """Local stack only: keep an append-only file under the stack dir."""
 
@@ -115,6 +116,29 @@ class GraphModel(_Section):
 class ExtractionConfig(_Section):
     batch_size: int = Field(1000, ge=1)
     verify_sample: int = Field(50, ge=0)
+    """Accounts recomputed from Neo4j and compared value for value before a run is published."""
+    verify_batches: int = Field(2, ge=0)
+    """Whole batches recomputed and re-read, and checked against their completion signals' checksums."""
+
+
+class RetentionConfig(_Section):
+    runs: int = Field(2, ge=1)
+    """Published runs kept for rollback, the live one included."""
+    stale_hours: float = Field(24.0, gt=0)
+    """A run still running after this long is abandoned and may be deleted."""
+
+
+class DriftConfig(_Section):
+    """Per feature, against the previous published run: above ``*_warn`` the run's manifest and task
+    log warn, above ``*_fail`` verification fails. ``null`` turns a check off."""
+
+    psi_warn: float | None = Field(0.1, ge=0)
+    psi_fail: float | None = Field(None, ge=0)
+    mean_shift_warn: float | None = Field(1.0, ge=0)
+    """In standard deviations of the previous run."""
+    mean_shift_fail: float | None = Field(None, ge=0)
+    nan_rate_warn: float | None = Field(0.0, ge=0)
+    nan_rate_fail: float | None = Field(None, ge=0)
 
 
 class WorkersConfig(_Section):
@@ -140,6 +164,8 @@ class Settings(_Section):
     redis: RedisConfig = RedisConfig()
     graph: GraphModel = GraphModel()
     extraction: ExtractionConfig = ExtractionConfig()
+    retention: RetentionConfig = RetentionConfig()
+    drift: DriftConfig = DriftConfig()
     workers: WorkersConfig = WorkersConfig()
     airflow: AirflowConfig = AirflowConfig()
     stack: StackConfig = StackConfig()

@@ -1,10 +1,11 @@
-"""The extraction worker: consume a request, compute its batch, produce the results, then commit.
+"""The extraction worker: consume a request, compute its batch, write it to the run's namespace in
+Redis, send the completion signal, then commit.
 
-Delivery is at least once: the request's offset is committed only after the broker acknowledged
-every result chunk and the completion signal, so a worker killed mid-batch leaves the request to be
-redelivered, and the aggregation de-duplicates. A request that cannot be decoded goes to the dead
-letter topic; a batch that keeps failing goes there too, with a failed completion signal so the DAG
-stops waiting.
+Delivery is at least once: the request's offset is committed only after the batch is written and
+the broker acknowledged its signal, so a worker killed mid-batch leaves the request to be
+redelivered; the rewrite writes the same bytes and the aggregation counts the batch once. A request
+that cannot be decoded, or that names a run or plan that does not exist, goes to the dead letter
+topic; a batch that keeps failing goes there too, with a failed signal so the DAG stops waiting.
 
 The loop follows rq: check stop, poll, process, repeat. The first SIGTERM/SIGINT is a warm stop
 (finish the current batch), the second a cold stop (abandon it uncommitted). A thread keeps the
@@ -23,22 +24,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fx_workers.engine.extract import extract_batch
 from fx_workers.engine.features import SCHEMA_VERSION
 from fx_workers.engine.graph import open_driver
-from fx_workers.extract import extract_batch
-from fx_workers.messages import (
+from fx_workers.protocol import (
+    HEADER_KIND,
+    HEADER_RUN,
     BatchStatus,
     CompletionSignal,
     DeadLetter,
     ExtractionRequest,
     MessageError,
     MessageKind,
-    kafka_headers,
-    results_checksum,
-    split_features,
 )
-from fx_workers.sink import open_redis
+from fx_workers.steps.compute import write_batch
+from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.runs import RunRegistry, RunStatus
+from fx_workers.store.writer import BatchWriter
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Outgoing = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+"""A message to produce: topic, key, value, headers."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 HEALTH_INTERVAL_SECONDS = 5.0
 DELIVERY_TIMEOUT_SECONDS = 60.0
@@ -151,7 +156,7 @@ class Worker:
                 if message.error():
                     log.warning("consumer error: %s", message.error())
                     continue
-                self._handle(message, driver, producer)
+                self._handle(message, driver, redis, producer)
                 self._commit(consumer, message)
                 handled += 1
         except ColdStopError:
@@ -194,8 +199,8 @@ class Worker:
     def _log_assignment(self, consumer: Consumer, partitions: list) -> None:
         log.info("worker %s assigned partitions %s", self.worker_id, sorted(p.partition for p in partitions))
 
-    def _handle(self, message: Message, driver: Driver, producer: Producer) -> None:
-        """Process one request; returns once its outcome (results or dead letter) is acknowledged.
+    def _handle(self, message: Message, driver: Driver, redis: Redis, producer: Producer) -> None:
+        """Process one request; returns once its outcome (signal or dead letter) is acknowledged.
 
         :raises DeliveryError: when not even the failure can be reported; the request stays uncommitted
         """
@@ -205,6 +210,11 @@ class Worker:
             log.warning("dead letter: offset %s of partition %s: %s", message.offset(), message.partition(), exc)
             self._produce(producer, [self._dead_letter(message, str(exc))])
             return
+        if (refusal := self._refusal(request, redis)) is not None:
+            if refusal:
+                log.warning("dead letter: run=%s batch=%d: %s", request.run_id, request.batch_id, refusal)
+                self._produce(producer, [self._dead_letter(message, refusal, request)])
+            return
         self.stats.current = f"{request.run_id}/{request.batch_id}"
         error = None
         if request.schema_version != SCHEMA_VERSION:
@@ -213,7 +223,7 @@ class Worker:
         while error is None:
             attempt += 1
             try:
-                self._extract(request, driver, producer, attempt)
+                self._extract(request, driver, redis, producer, attempt)
                 break
             except Exception as exc:
                 if not is_transient(exc) or attempt >= self.attempts:
@@ -228,88 +238,88 @@ class Worker:
             self._fail(request, message, producer, error, attempt)
         self.stats.current = None
 
-    def _extract(self, request: ExtractionRequest, driver: Driver, producer: Producer, attempt: int) -> None:
-        """Read, compute and produce one batch: the results, then its completion signal."""
+    def _refusal(self, request: ExtractionRequest, redis: Redis) -> str | None:
+        """Why the request must not be computed: a reason to dead-letter it, ``""`` to skip it with a log
+        line (its run is over), or None to compute it. Only a running run's own plan is computed, so a
+        stale or forged request can never write into a published run."""
+        status, plan = RunRegistry(redis, self.keys).fields(request.run_id, "status", "plan")
+        if status is None:
+            return f"run {request.run_id} does not exist (no manifest at {self.keys.run(request.run_id)})"
+        if plan != request.plan:
+            return (f"request of plan {request.plan}, but run {request.run_id} has plan {plan} "
+                    "(a stale or forged request)")
+        if status != RunStatus.RUNNING:
+            log.info("skipped run=%s batch=%d: the run is %s", request.run_id, request.batch_id, status)
+            return ""
+        return None
+
+    def _extract(self, request: ExtractionRequest, driver: Driver, redis: Redis, producer: Producer,
+                 attempt: int) -> None:
+        """Read, compute and write one batch, then send its completion signal."""
         started = time.perf_counter()
         features = extract_batch(driver, self.settings, request.ids, request.as_of)
-        extracted = time.perf_counter()
-        results = split_features(
-            features, run_id=request.run_id, batch_id=request.batch_id, as_of=request.as_of,
-            schema_version=request.schema_version,
-        )
-        encoded = [r.encode() for r in results]
-        ready = time.perf_counter()
-        timings = {"extract": (extracted - started) * 1000, "encode": (ready - extracted) * 1000}
-        completion = self._completion(
-            request, BatchStatus.OK, attempt, accounts=len(features.node_ids), transfers=len(features.tx_ids),
-            result_messages=len(results), checksum=results_checksum(results), timings_ms=timings,
-        )
-        key = f"{request.run_id}/{request.batch_id}".encode()
-        self._produce(producer, [
-            *((key, data, MessageKind.RESULT) for data in encoded),
-            (key, completion.encode(), MessageKind.COMPLETION),
-        ], run_id=request.run_id)
-        produce_ms = (time.perf_counter() - ready) * 1000
+        extract_ms = (time.perf_counter() - started) * 1000
+        writer = BatchWriter(redis, self.keys.of_run(request.run_id))
+        signal = write_batch(writer, request, features, attempt=attempt, worker_id=self.worker_id,
+                             timings_ms={"extract": round(extract_ms, 1)})
+        sent = time.perf_counter()
+        self._produce(producer, [self._signal(signal)], run_id=request.run_id)
         self.stats.batches += 1
-        self.stats.accounts += completion.accounts
-        self.stats.transfers += completion.transfers
+        self.stats.accounts += signal.accounts
+        self.stats.transfers += signal.transfers
         log.info(
-            "batch done run=%s batch=%d accounts=%d transfers=%d messages=%d extract_ms=%.0f encode_ms=%.0f "
-            "produce_ms=%.0f attempt=%d", request.run_id, request.batch_id, completion.accounts,
-            completion.transfers, len(results) + 1, timings["extract"], timings["encode"], produce_ms, attempt,
+            "batch done run=%s batch=%d accounts=%d transfers=%d extract_ms=%.0f write_ms=%.0f stats_ms=%.0f "
+            "signal_ms=%.0f attempt=%d", request.run_id, request.batch_id, signal.accounts, signal.transfers,
+            extract_ms, signal.timings_ms["write"], signal.timings_ms["stats"], (time.perf_counter() - sent) * 1000,
+            attempt,
         )
 
     def _fail(self, request: ExtractionRequest, message: Message, producer: Producer, error: str,
               attempts: int) -> None:
         """Dead-letter the request and tell the DAG the batch failed."""
-        completion = self._completion(request, BatchStatus.FAILED, attempts, error=error)
-        key = f"{request.run_id}/{request.batch_id}".encode()
-        self._produce(producer, [
-            self._dead_letter(message, error, request),
-            (key, completion.encode(), MessageKind.COMPLETION),
-        ], run_id=request.run_id)
+        signal = CompletionSignal(run_id=request.run_id, plan=request.plan, batch_id=request.batch_id,
+                                  status=BatchStatus.FAILED, attempt=max(attempts, 1), worker_id=self.worker_id,
+                                  error=error[:4000])
+        self._produce(producer, [self._dead_letter(message, error, request), self._signal(signal)],
+                      run_id=request.run_id)
         self.stats.failed += 1
 
-    def _completion(self, request: ExtractionRequest, status: BatchStatus, attempts: int,
-                    **counts: Any) -> CompletionSignal:
-        return CompletionSignal(
-            run_id=request.run_id, batch_id=request.batch_id, as_of=request.as_of,
-            schema_version=request.schema_version, status=status, worker_id=self.worker_id,
-            attempts=attempts, **counts,
-        )
+    def _signal(self, signal: CompletionSignal) -> Outgoing:
+        key = f"{signal.run_id}/{signal.batch_id}".encode()
+        return self.settings.kafka.topics.results, key, signal.encode(), signal.headers()
 
-    def _dead_letter(self, message: Message, reason: str,
-                     request: ExtractionRequest | None = None) -> tuple[bytes | None, bytes, MessageKind]:
+    def _dead_letter(self, message: Message, reason: str, request: ExtractionRequest | None = None) -> Outgoing:
         self.stats.dead_letters += 1
+        original = message.value() or b""
         letter = DeadLetter(
             reason=reason, topic=message.topic(), partition=message.partition(), offset=message.offset(),
-            worker_id=self.worker_id, original=message.value() or b"",
-            run_id=request.run_id if request else None, batch_id=request.batch_id if request else None,
+            worker_id=self.worker_id, run_id=request.run_id if request else None,
+            batch_id=request.batch_id if request else None, original_bytes=len(original),
         )
-        return message.key(), letter.encode(), MessageKind.DEAD_LETTER
+        headers = [(HEADER_KIND, MessageKind.DEAD_LETTER.encode())]
+        if request is not None:
+            headers.append((HEADER_RUN, request.run_id.encode()))
+        return self.settings.kafka.topics.dead_letter, message.key(), letter.frame(original), headers
 
-    def _produce(self, producer: Producer, messages: list[tuple[bytes | None, bytes, MessageKind]],
-                 run_id: str | None = None) -> None:
+    def _produce(self, producer: Producer, messages: list[Outgoing], run_id: str | None = None) -> None:
         """Produce and wait for the broker's acknowledgements.
 
         :raises DeliveryError: when a message was not acknowledged in time
         """
-        topics = self.settings.kafka.topics
         errors = []
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(err)
 
-        for key, value, kind in messages:
-            topic = topics.dead_letter if kind is MessageKind.DEAD_LETTER else topics.results
-            producer.produce(topic, value=value, key=key, headers=kafka_headers(kind, run_id),
-                             on_delivery=delivered)
+        for topic, key, value, headers in messages:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
             producer.poll(0)
         pending = producer.flush(DELIVERY_TIMEOUT_SECONDS)
         if errors or pending:
-            raise DeliveryError(f"{len(errors)} failed and {pending} unacknowledged of {len(messages)} messages; "
-                                f"first error: {errors[0] if errors else None}")
+            where = f" of run {run_id}" if run_id else ""
+            raise DeliveryError(f"{len(errors)} failed and {pending} unacknowledged of {len(messages)} messages"
+                                f"{where}; first error: {errors[0] if errors else None}")
 
     def _commit(self, consumer: Consumer, message: Message) -> None:
         """Commit past ``message``; losing the partition meanwhile only means a harmless redelivery."""

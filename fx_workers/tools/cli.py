@@ -17,9 +17,14 @@ from fx_workers.config import ConfigError, settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from fx_workers.store.reader import FeatureReader
+
 app = typer.Typer(help="fx: graph features for fraud and AML models.", no_args_is_help=True)
 features_app = typer.Typer(help="Read stored features from Redis.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+runs_app = typer.Typer(help="List runs, and roll the published one back or forward.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+RunOption = Annotated[str | None, typer.Option("--run", help="Run id (fx runs list); defaults to the published run.")]
 console = Console(stderr=True)
 stdout = Console(width=None if sys.stdout.isatty() else 200)
 """Tables for stdout; piped output is not cut at rich's default 80 columns."""
@@ -98,12 +103,13 @@ def doctor() -> None:
 def extract(
     local: Annotated[bool, typer.Option("--local", help="Run in this process, without Kafka and Airflow.")] = False,
     as_of: Annotated[int | None, typer.Option(help="Point in time, epoch seconds; defaults to now.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Accounts per batch; defaults to config.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=20_000,
+                                                   help="Accounts per batch; defaults to config.")] = None,
 ) -> None:
-    """Compute every account's and transfer's features into Redis, then verify the run."""
+    """Compute every account's and transfer's features into a new run, verify it, then publish it."""
     import time
 
-    from fx_workers.extract import run_local
+    from fx_workers.steps.local import run_local
 
     if not local:
         raise fail("the distributed run is the Airflow DAG: `airflow dags trigger fx_extract`; "
@@ -118,15 +124,18 @@ def extract(
 
 @app.command()
 def verify(
-    run: Annotated[str | None, typer.Option("--run", help="Run id; defaults to the latest verified run.")] = None,
+    run: RunOption = None,
     sample: Annotated[int | None, typer.Option(min=0, help="Accounts to recompute from Neo4j.")] = None,
 ) -> None:
-    """Check that a run's records are complete, finite and equal to a fresh recomputation."""
-    from fx_workers.verify import RunNotFoundError, verify_run
+    """Check a run's counts, a recomputed sample and sampled checksums (changes nothing)."""
+    from fx_workers.steps.verify import verify_run
+    from fx_workers.store.client import open_redis
+    from fx_workers.store.runs import RunError
 
+    config = settings()
     try:
-        report = verify_run(settings(), run, sample=sample, progress=progress_bar)
-    except RunNotFoundError as exc:
+        report = verify_run(config, open_redis(config.redis), run, sample=sample, progress=progress_bar)
+    except RunError as exc:
         raise fail(str(exc)) from None
     stdout.print(str(report), highlight=False)
     if not report.ok:
@@ -151,23 +160,34 @@ def worker(
     serve(settings(), worker_id, max_messages)
 
 
+def _reader(run: str | None) -> FeatureReader:
+    from fx_workers.store.client import open_redis
+    from fx_workers.store.keys import RedisKeys
+    from fx_workers.store.reader import FeatureReader
+
+    config = settings().redis
+    return FeatureReader(open_redis(config), RedisKeys(config.prefix), run)
+
+
 @features_app.command("get")
 def features_get(
     ids: Annotated[list[str], typer.Argument(help="Account ids (or transaction ids with --edge).")],
     edge: Annotated[bool, typer.Option("--edge", help="Read transfer features.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    run: RunOption = None,
 ) -> None:
-    """Print stored features for some accounts or transfers."""
+    """Print stored features for some accounts or transfers, from the published run."""
     import json
 
     from rich.table import Table
 
-    from fx_workers.sink import FeatureReader, open_redis
-    from fx_workers.store.keys import RedisKeys
+    from fx_workers.store.runs import RunError
 
-    config = settings().redis
-    reader = FeatureReader(open_redis(config), RedisKeys(config.prefix))
-    records = dict(zip(ids, (reader.edges if edge else reader.nodes)(ids), strict=True))
+    reader = _reader(run)
+    try:
+        records = dict(zip(ids, (reader.edges if edge else reader.nodes)(ids), strict=True))
+    except RunError as exc:
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(records, indent=2))
     else:
@@ -181,12 +201,75 @@ def features_get(
         raise fail(f"no features stored for: {', '.join(i for i, r in records.items() if r is None)}")
 
 
+@features_app.command("export")
+def features_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="FILE.parquet or FILE.csv.")],
+    edges: Annotated[bool, typer.Option("--edges", help="One row per transfer instead of per account.")] = False,
+    run: RunOption = None,
+) -> None:
+    """Write a run's features for model training: the id first, then the catalogue's columns."""
+    from fx_workers.store.runs import RunError
+    from fx_workers.tools.export import ExportError, export_run
+
+    try:
+        summary = export_run(_reader(run), out, edges=edges, progress=progress_bar)
+    except (RunError, ExportError) as exc:
+        raise fail(str(exc)) from None
+    console.print(str(summary))
+
+
 @features_app.command("docs")
 def features_docs() -> None:
     """Print the catalogue as Markdown (the source of docs/features.md)."""
     from fx_workers.tools.catalogue_doc import render_markdown
 
     print(render_markdown(), end="")
+
+
+@runs_app.command("list")
+def runs_list() -> None:
+    """Every retained run, newest first: status, as_of, counts, size; the published one is marked."""
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from fx_workers.store.client import open_redis
+    from fx_workers.store.keys import RedisKeys
+    from fx_workers.store.runs import RunRegistry
+
+    config = settings().redis
+    table = Table("run", "live", "status", "as_of", "mode", "accounts", "transfers", "size", "drift", "created",
+                  "dag run")
+    for run in RunRegistry(open_redis(config), RedisKeys(config.prefix)).list():
+        as_of = run.get("as_of")
+        created = run.get("created")
+        table.add_row(
+            run.run_id, "*" if run.latest else "", run.get("status"),
+            datetime.fromtimestamp(int(as_of), UTC).isoformat(timespec="seconds") if as_of else "",
+            run.get("mode"), run.get("accounts"), run.get("transfers"),
+            f"{int(run.get('size_bytes', '0')) / 2**20:.1f} MiB" if run.get("size_bytes") else "",
+            run.get("drift_verdict"),
+            datetime.fromtimestamp(float(created), UTC).isoformat(timespec="seconds") if created else "",
+            run.get("dag_run_id"),
+        )
+    stdout.print(table)
+
+
+@runs_app.command("publish")
+def runs_publish(run: Annotated[str, typer.Argument(help="A retained verified run (fx runs list).")]) -> None:
+    """Point readers at another retained verified run: a rollback or a roll-forward, in one write."""
+    from fx_workers.store.client import open_redis
+    from fx_workers.store.keys import RedisKeys
+    from fx_workers.store.runs import RunError, RunRegistry
+
+    config = settings().redis
+    registry = RunRegistry(open_redis(config), RedisKeys(config.prefix))
+    before = registry.latest()
+    try:
+        registry.publish(run)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{registry.keys.latest}: {before} -> {run}")
 
 
 def main() -> None:

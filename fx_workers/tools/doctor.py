@@ -189,7 +189,7 @@ def redis_checks(settings: Settings) -> Iterator[Check]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from fx_workers.sink import open_redis
+    from fx_workers.store.client import open_redis
 
     config = settings.redis
     client = open_redis(

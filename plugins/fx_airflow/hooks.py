@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
 
-from fx_workers.pipeline import READER_CONFIG
+from fx_workers.protocol import READER_CONFIG
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer

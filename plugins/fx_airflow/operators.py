@@ -21,7 +21,7 @@ class BatchesFailedError(RuntimeError):
 class WaitForBatchesOperator(BaseOperator):
     """Defer to :class:`BatchCompletionTrigger` until every batch of the plan is done.
 
-    :param plan: the plan task's summary (``run_id``, ``batches``, ``start_offsets``)
+    :param plan: the plan task's summary (``run_id``, ``fingerprint``, ``batches``, ``start_offsets``)
     :param topic: the results topic
     :param timeout_minutes: how long the workers may take, from deferral
     :param kafka_config_id: the Kafka connection, defaults to "fx_kafka"
@@ -41,8 +41,8 @@ class WaitForBatchesOperator(BaseOperator):
     def execute(self, context: Context) -> None:
         minutes = float(self.timeout_minutes)
         trigger = BatchCompletionTrigger(
-            run_id=self.plan["run_id"], topic=self.topic, start_offsets=self.plan["start_offsets"],
-            batches=self.plan["batches"], deadline=time.time() + minutes * 60,
+            run_id=self.plan["run_id"], plan=self.plan["fingerprint"], topic=self.topic,
+            start_offsets=self.plan["start_offsets"], batches=self.plan["batches"], deadline=time.time() + minutes * 60,
             kafka_config_id=self.kafka_config_id,
         )
         # The trigger's own deadline fires first and names the missing batches; this is the backstop.

@@ -2,8 +2,9 @@
 
 Unlike the provider's ``AwaitMessageTrigger``, this one never commits: it ``assign()``s the
 partitions at the offsets the plan recorded and counts distinct batch ids, so a triggerer restart
-simply re-reads from the same offsets and arrives at the same count. Completion signals are found
-by their Kafka header; result payloads are never decoded.
+simply re-reads from the same offsets and arrives at the same count. Signals are counted from their
+Kafka headers (run, plan, batch, status); only a failed one is decoded, for its error. A signal of
+another plan (a cleared run's stale copies, a forged message) is not counted.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from fx_airflow.hooks import ResultsReaderHook
-from fx_workers.messages import (
+from fx_workers.protocol import (
+    HEADER_BATCH,
     HEADER_KIND,
+    HEADER_PLAN,
     HEADER_RUN,
+    HEADER_STATUS,
     BatchStatus,
     CompletionSignal,
     MessageError,
@@ -45,18 +49,17 @@ class BatchProgress:
     run_id: str
     total: int
     started: float = field(default_factory=time.monotonic)
-    done: dict[int, int] = field(default_factory=dict)
-    """Accounts per completed batch id."""
+    done: set[int] = field(default_factory=set)
     failed: dict[int, str] = field(default_factory=dict)
     """Error per failed batch id."""
 
-    def add(self, signal: CompletionSignal) -> None:
-        """Count a signal; a batch that succeeded once is done, whatever a redelivered copy says."""
-        if signal.status is BatchStatus.OK:
-            self.done[signal.batch_id] = signal.accounts
-            self.failed.pop(signal.batch_id, None)
-        elif signal.batch_id not in self.done:
-            self.failed.setdefault(signal.batch_id, f"worker {signal.worker_id}: {signal.error}")
+    def add(self, batch_id: int, error: str | None = None) -> None:
+        """Count a batch's signal; a batch that succeeded once is done, whatever a redelivered copy says."""
+        if error is None:
+            self.done.add(batch_id)
+            self.failed.pop(batch_id, None)
+        elif batch_id not in self.done:
+            self.failed.setdefault(batch_id, error)
 
     @property
     def complete(self) -> bool:
@@ -67,12 +70,11 @@ class BatchProgress:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        accounts = sum(self.done.values())
-        rate = accounts / elapsed if elapsed > 0 else 0.0
+        rate = len(self.done) / elapsed if elapsed > 0 else 0.0
         remaining = self.total - len(self.done)
         eta = f"{remaining * elapsed / len(self.done):.0f}s" if self.done else "unknown"
         return (f"progress run={self.run_id} batches={len(self.done)}/{self.total} "
-                f"({100 * len(self.done) / self.total:.0f}%) accounts={accounts} accounts_per_s={rate:.0f} "
+                f"({100 * len(self.done) / self.total:.0f}%) batches_per_s={rate:.2f} "
                 f"elapsed={elapsed:.0f}s eta={eta}")
 
     def event(self, status: str) -> dict[str, Any]:
@@ -80,7 +82,7 @@ class BatchProgress:
         missing = self.missing()
         return {
             "status": status, "run_id": self.run_id, "done": len(self.done), "total": self.total,
-            "accounts": sum(self.done.values()), "seconds": round(time.monotonic() - self.started, 3),
+            "seconds": round(time.monotonic() - self.started, 3),
             "missing": missing[:LISTED], "missing_count": len(missing),
             "failed": {str(b): e for b, e in sorted(self.failed.items())[:LISTED]},
         }
@@ -90,6 +92,7 @@ class BatchCompletionTrigger(BaseTrigger):
     """Fire when every batch ``0..batches-1`` of ``run_id`` has completed, one failed, or ``deadline`` passed.
 
     :param run_id: the run whose completion signals count
+    :param plan: the run's plan fingerprint; signals of another plan do not count
     :param topic: the results topic
     :param start_offsets: per partition (a string, for JSON), where this run's results start
     :param batches: how many batches the run published
@@ -101,6 +104,7 @@ class BatchCompletionTrigger(BaseTrigger):
     def __init__(
         self,
         run_id: str,
+        plan: str,
         topic: str,
         start_offsets: dict[str, int],
         batches: int,
@@ -110,6 +114,7 @@ class BatchCompletionTrigger(BaseTrigger):
     ) -> None:
         super().__init__()
         self.run_id = run_id
+        self.plan = plan
         self.topic = topic
         self.start_offsets = start_offsets
         self.batches = batches
@@ -125,6 +130,7 @@ class BatchCompletionTrigger(BaseTrigger):
             "fx_airflow.triggers.BatchCompletionTrigger",
             {
                 "run_id": self.run_id,
+                "plan": self.plan,
                 "topic": self.topic,
                 "start_offsets": self.start_offsets,
                 "batches": self.batches,
@@ -147,9 +153,8 @@ class BatchCompletionTrigger(BaseTrigger):
         logged_at, logged_done = time.monotonic(), 0
         while True:
             for message in await asyncio.to_thread(self._locked, consumer.consume, 500, 1.0):
-                signal = self._completion(message)
-                if signal is not None:
-                    progress.add(signal)
+                if (counted := self._completion(message)) is not None:
+                    progress.add(*counted)
             if progress.failed:
                 self.log.error("run %s: batches failed: %s", self.run_id, progress.failed)
                 yield TriggerEvent(progress.event("failed"))
@@ -167,25 +172,29 @@ class BatchCompletionTrigger(BaseTrigger):
                 self.log.info(progress.line())
                 logged_at, logged_done = now, len(progress.done)
 
-    def _completion(self, message: Message) -> CompletionSignal | None:
-        """The completion signal of this run in ``message``, if it is one (decoding nothing else)."""
+    def _completion(self, message: Message) -> tuple[int, str | None] | None:
+        """``(batch id, error or None)`` when ``message`` is a signal of this run's plan, else None."""
         if message.error():
             self.log.warning("consumer error on %s: %s", self.topic, message.error())
             return None
         headers = message.headers()
-        if header_value(headers, HEADER_KIND) != MessageKind.COMPLETION:
+        if (header_value(headers, HEADER_KIND) != MessageKind.COMPLETION
+                or header_value(headers, HEADER_RUN) != self.run_id):
             return None
-        if header_value(headers, HEADER_RUN) != self.run_id:
+        batch = header_value(headers, HEADER_BATCH) or ""
+        if header_value(headers, HEADER_PLAN) != self.plan or not batch.isdigit() or int(batch) >= self.batches:
+            self.log.warning("not counted: offset %s of partition %s (plan %s, batch %r; this run is plan %s of %d "
+                             "batches)", message.offset(), message.partition(), header_value(headers, HEADER_PLAN),
+                             batch, self.plan, self.batches)
             return None
+        if header_value(headers, HEADER_STATUS) == BatchStatus.OK:
+            return int(batch), None
         try:
             signal = CompletionSignal.decode(message.value() or b"")
         except MessageError as exc:
             self.log.warning("skipping offset %s of partition %s: %s", message.offset(), message.partition(), exc)
             return None
-        if signal.batch_id >= self.batches:
-            self.log.warning("skipping batch %d of run %s: the plan has %d", signal.batch_id, self.run_id, self.batches)
-            return None
-        return signal
+        return int(batch), f"worker {signal.worker_id}: {signal.error}"
 
     def _locked(self, call: Callable[..., Any], *args: Any) -> Any:
         with self._client_lock:

@@ -51,7 +51,7 @@ def neo4j_driver(settings: Settings) -> Iterator[Driver]:
 
 @pytest.fixture(scope="session")
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    from fx_workers.sink import open_redis
+    from fx_workers.store.client import open_redis
 
     require(redis_checks, settings)
     client = open_redis(settings.redis, socket_timeout=5)

@@ -1,0 +1,28 @@
+"""One batch end to end through the engine: its graph read from Neo4j, then its features.
+
+The workers, ``fx extract --local`` and verification all call :func:`extract_batch`, so the
+distributed and single-process runs cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fx_workers.engine.features import compute_features
+from fx_workers.engine.graph import Cypher, read_batch
+
+if TYPE_CHECKING:
+    from neo4j import Driver
+
+    from fx_workers.config import Settings
+    from fx_workers.engine.batch import BatchFeatures, BatchInput
+
+
+def read_graph(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchInput:
+    """The batch's graph, read with the configured model's queries."""
+    return read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database)
+
+
+def extract_batch(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchFeatures:
+    """Read one batch's neighbourhood from Neo4j and compute its features."""
+    return compute_features(read_graph(driver, settings, ids, as_of))

@@ -1,0 +1,161 @@
+"""Per-feature statistics that merge across batches, and drift between two runs.
+
+A batch's statistics (:func:`part_stats`) travel in its completion signal; the run's are their
+merge (:func:`merge`), so no step ever re-reads the feature records to describe a run. Histograms
+use one fixed set of bin edges for every feature and every run (signed half-decades from 0.01 to
+1e10), so two runs' distributions can be compared by a population stability index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fx_workers.protocol import PartStats
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from fx_workers.config import DriftConfig
+
+_DECADES = 10.0 ** (np.arange(-4, 21) / 2)
+BIN_EDGES = np.concatenate([-_DECADES[::-1], [0.0], _DECADES])
+"""Bin ``i`` holds ``BIN_EDGES[i-1] <= x < BIN_EDGES[i]``; bin 0 and the last bin are open."""
+BINS = len(BIN_EDGES) + 1
+PSI_FLOOR = 1e-4
+"""Bin shares are floored at this before the PSI's logarithm, so an empty bin does not make it infinite."""
+
+
+def part_stats(values: np.ndarray) -> PartStats:
+    """The statistics of a ``(rows, features)`` matrix, per column."""
+    values = np.asarray(values, dtype=np.float64)
+    rows, cols = values.shape
+    finite = np.isfinite(values)
+    clean = np.where(finite, values, 0.0)
+    has_any = finite.any(axis=0)
+    low = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+    high = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+    bins = np.searchsorted(BIN_EDGES, clean, side="right")
+    hist = np.zeros((cols, BINS), dtype=np.int64)
+    column = np.broadcast_to(np.arange(cols), values.shape)
+    np.add.at(hist, (column[finite], bins[finite]), 1)
+    return PartStats(
+        rows=rows,
+        nan=(rows - finite.sum(axis=0)).tolist(),
+        min=[float(x) if ok else None for x, ok in zip(low.tolist(), has_any.tolist(), strict=True)],
+        max=[float(x) if ok else None for x, ok in zip(high.tolist(), has_any.tolist(), strict=True)],
+        sum=clean.sum(axis=0).tolist(),
+        sumsq=np.square(clean).sum(axis=0).tolist(),
+        hist=hist.tolist(),
+    )
+
+
+def _pick(a: float | None, b: float | None, better: type[min] | type[max]) -> float | None:
+    return b if a is None else a if b is None else better(a, b)
+
+
+class Accumulator:
+    """Merges batches' statistics into the run's, one batch at a time (memory does not grow with batches)."""
+
+    def __init__(self, features: int) -> None:
+        self.rows = 0
+        self.nan = np.zeros(features, dtype=np.int64)
+        self.low: list[float | None] = [None] * features
+        self.high: list[float | None] = [None] * features
+        self.total, self.squares = np.zeros(features), np.zeros(features)
+        self.hist = np.zeros((features, BINS), dtype=np.int64)
+
+    def add(self, part: PartStats) -> None:
+        """:raises ValueError: when the part has other features or bins"""
+        if len(part.nan) != len(self.nan) or np.shape(part.hist) != self.hist.shape:
+            raise ValueError(f"statistics of {len(part.nan)} features with {np.shape(part.hist)} bins; "
+                             f"expected {len(self.nan)} features with {self.hist.shape[1]} bins")
+        self.rows += part.rows
+        self.nan += part.nan
+        self.low = [_pick(a, b, min) for a, b in zip(self.low, part.min, strict=True)]
+        self.high = [_pick(a, b, max) for a, b in zip(self.high, part.max, strict=True)]
+        self.total += part.sum
+        self.squares += part.sumsq
+        self.hist += np.asarray(part.hist, dtype=np.int64)
+
+    def result(self) -> PartStats:
+        return PartStats(rows=self.rows, nan=self.nan.tolist(), min=self.low, max=self.high, sum=self.total.tolist(),
+                         sumsq=self.squares.tolist(), hist=self.hist.tolist())
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One feature over a whole run."""
+
+    name: str
+    count: int
+    nan: int
+    min: float | None
+    max: float | None
+    mean: float
+    std: float
+
+
+def summarise(stats: PartStats, names: Sequence[str]) -> list[FeatureSummary]:
+    """Mean and population std per feature from the merged sums."""
+    out = []
+    for i, name in enumerate(names):
+        count = stats.rows - stats.nan[i]
+        mean = stats.sum[i] / count if count else 0.0
+        variance = max(stats.sumsq[i] / count - mean * mean, 0.0) if count else 0.0
+        out.append(FeatureSummary(name, count, stats.nan[i], stats.min[i], stats.max[i], mean, math.sqrt(variance)))
+    return out
+
+
+def psi(current: Sequence[int], previous: Sequence[int]) -> float:
+    """Population stability index of two histograms over the same bins (0 when either is empty)."""
+    p, q = np.asarray(current, dtype=np.float64), np.asarray(previous, dtype=np.float64)
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0
+    p, q = np.maximum(p / p.sum(), PSI_FLOOR), np.maximum(q / q.sum(), PSI_FLOOR)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature against the previous run: NaN-rate change, mean shift in the previous run's
+    standard deviations, PSI of the histograms, and the verdict (``ok``, ``warn`` or ``fail``)."""
+
+    name: str
+    nan_rate_change: float
+    mean_shift_sd: float
+    psi: float
+    verdict: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _verdict(values: dict[str, float], thresholds: DriftConfig) -> str:
+    verdict = "ok"
+    for measure, value in values.items():
+        fail, warn = getattr(thresholds, f"{measure}_fail"), getattr(thresholds, f"{measure}_warn")
+        if fail is not None and value > fail:
+            return "fail"
+        if warn is not None and value > warn:
+            verdict = "warn"
+    return verdict
+
+
+def drift(current: PartStats, previous: PartStats, names: Sequence[str],
+          thresholds: DriftConfig) -> list[FeatureDrift]:
+    """Per feature, how far ``current`` moved from ``previous``."""
+    now, before = summarise(current, names), summarise(previous, names)
+    out = []
+    for i, (a, b) in enumerate(zip(now, before, strict=True)):
+        rate_now = a.nan / current.rows if current.rows else 0.0
+        rate_before = b.nan / previous.rows if previous.rows else 0.0
+        shift = abs(a.mean - b.mean) / b.std if b.std > 0 else (0.0 if a.mean == b.mean else math.inf)
+        measures = {"nan_rate": abs(rate_now - rate_before), "mean_shift": shift,
+                    "psi": psi(current.hist[i], previous.hist[i])}
+        out.append(FeatureDrift(a.name, round(measures["nan_rate"], 6), round(shift, 4), round(measures["psi"], 4),
+                                _verdict(measures, thresholds)))
+    return out

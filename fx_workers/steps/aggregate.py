@@ -1,0 +1,162 @@
+"""Aggregate a run from its completion signals alone: each batch counted once, the run's per-feature
+statistics merged from the batches', drift against the previous published run. No feature record
+is read; the result goes into the run's manifest, where verification and ``fx runs`` find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.stats import Accumulator, drift, summarise
+from fx_workers.protocol import BatchStatus, CompletionSignal, MessageError, PartStats
+from fx_workers.steps.plan import Plan
+from fx_workers.steps.topics import end_offsets, read_run
+from fx_workers.store.keys import RedisKeys
+from fx_workers.store.runs import RunRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    import redis
+    from confluent_kafka import Consumer
+
+    from fx_workers.config import Settings
+
+log = logging.getLogger(__name__)
+
+PARTS = {"nodes": NODE_FEATURE_NAMES, "edges": EDGE_FEATURE_NAMES}
+
+
+@dataclass
+class Tally:
+    """The signals of one plan: each batch's first successful copy, and what else arrived."""
+
+    plan: Plan
+    counted: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    """Per batch: accounts, transfers, checksum."""
+    failed: dict[int, str] = field(default_factory=dict)
+    duplicates: int = 0
+    conflicts: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    foreign: int = 0
+    stats: dict[str, Accumulator] = field(default_factory=lambda: {p: Accumulator(len(n)) for p, n in PARTS.items()})
+
+    def add(self, signal: CompletionSignal) -> None:
+        """Count a signal once; a redelivered copy is a duplicate, a copy with other content a conflict."""
+        plan, batch = self.plan, signal.batch_id
+        if (signal.run_id, signal.plan) != (plan.run_id, plan.fingerprint) or batch >= plan.batches:
+            self.foreign += 1
+            log.warning("ignored a signal of run=%s plan=%s batch=%d: this run is %s plan %s of %d batches",
+                        signal.run_id, signal.plan, batch, plan.run_id, plan.fingerprint, plan.batches)
+            return
+        if signal.status is BatchStatus.FAILED:
+            if batch not in self.counted:
+                self.failed[batch] = f"worker {signal.worker_id}: {signal.error}"
+            return
+        if batch in self.counted:
+            checksum = self.counted[batch][2]
+            if checksum == signal.checksum:
+                self.duplicates += 1
+            else:
+                self.conflicts[batch] |= {checksum, signal.checksum}
+            return
+        try:
+            for part, stats in (("nodes", signal.nodes), ("edges", signal.edges)):
+                self.stats[part].add(stats)
+        except ValueError as exc:
+            self.foreign += 1
+            log.warning("ignored batch %d's signal from worker %s: %s", batch, signal.worker_id, exc)
+            return
+        self.counted[batch] = (signal.accounts, signal.transfers, signal.checksum)
+        self.failed.pop(batch, None)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the manifest records of the aggregation (verification reads it back)."""
+        table = [list(self.counted[b]) if b in self.counted else None for b in range(self.plan.batches)]
+        return {
+            "accounts_written": sum(c[0] for c in self.counted.values()),
+            "transfers": sum(c[1] for c in self.counted.values()),
+            "batches_counted": len(self.counted), "duplicates": self.duplicates, "foreign_signals": self.foreign,
+            "batch_table": json.dumps(table),
+            "conflicts": json.dumps({str(b): sorted(c) for b, c in self.conflicts.items()}),
+            "failed_batches": json.dumps({str(b): e for b, e in self.failed.items()}),
+            "stats": json.dumps({p: acc.result().model_dump(mode="json") for p, acc in self.stats.items()}),
+        }
+
+
+def tally(plan: Plan, signals: Iterable[CompletionSignal]) -> Tally:
+    result = Tally(plan)
+    for signal in signals:
+        result.add(signal)
+    return result
+
+
+def stored_stats(manifest: dict[str, str]) -> dict[str, PartStats] | None:
+    """A manifest's merged statistics, or None when it has none."""
+    if "stats" not in manifest:
+        return None
+    return {part: PartStats.model_validate(data) for part, data in json.loads(manifest["stats"]).items()}
+
+
+def drift_fields(settings: Settings, registry: RunRegistry, run_id: str, stats: dict[str, PartStats]) -> dict[str, Any]:
+    """Drift of every feature against the published run, and the verdict (``fail`` beats ``warn``)."""
+    previous_id = registry.latest()
+    previous = stored_stats(registry.manifest(previous_id)) if previous_id and previous_id != run_id else None
+    if previous is None or any(len(previous[p].nan) != len(stats[p].nan) for p in PARTS):
+        return {"drift_against": "", "drift": "[]", "drift_verdict": "none"}
+    rows = [row for part, names in PARTS.items()
+            for row in drift(stats[part], previous[part], names, settings.drift)]
+    verdicts = {row.verdict for row in rows}
+    verdict = "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "ok"
+    return {"drift_against": previous_id, "drift": json.dumps([r.as_dict() for r in rows]), "drift_verdict": verdict}
+
+
+def stats_table(stats: dict[str, PartStats], drift_rows: list[dict[str, Any]]) -> str:
+    """The task log's compact table: one line per feature."""
+    by_name = {row["name"]: row for row in drift_rows}
+    lines = [f"{'feature':<34} {'mean':>12} {'std':>12} {'min':>12} {'max':>12} {'nan':>5} {'psi':>7} drift"]
+    for part, names in PARTS.items():
+        for s in summarise(stats[part], names):
+            row = by_name.get(s.name, {})
+            lines.append(f"{s.name:<34} {s.mean:>12.4g} {s.std:>12.4g} {_g(s.min):>12} {_g(s.max):>12} {s.nan:>5} "
+                         f"{row.get('psi', ''):>7} {row.get('verdict', '-')}")
+    return "\n".join(lines)
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def record_aggregate(settings: Settings, client: redis.Redis, plan: Plan, result: Tally) -> dict[str, Any]:
+    """Write the aggregation and the drift into the manifest; log the table; return the summary."""
+    registry = RunRegistry(client, RedisKeys(settings.redis.prefix))
+    fields = result.manifest_fields()
+    stats = {p: acc.result() for p, acc in result.stats.items()}
+    fields |= drift_fields(settings, registry, plan.run_id, stats)
+    registry.update(plan.run_id, fields)
+    log.info("aggregated run=%s batches=%d/%d accounts=%d transfers=%d duplicates=%d conflicts=%d foreign=%d "
+             "drift=%s against %s\n%s", plan.run_id, len(result.counted), plan.batches, fields["accounts_written"],
+             fields["transfers"], result.duplicates, len(result.conflicts), result.foreign, fields["drift_verdict"],
+             fields["drift_against"] or "no previous run", stats_table(stats, json.loads(fields["drift"])))
+    return {k: fields[k] for k in ("accounts_written", "transfers", "batches_counted", "duplicates", "drift_verdict")}
+
+
+def signals_on_topic(consumer: Consumer, settings: Settings, plan: Plan) -> Iterator[CompletionSignal]:
+    """The run's completion signals between the plan's start offsets and the topic's end now."""
+    topic = settings.kafka.topics.results
+    start = {int(p): o for p, o in plan.start_offsets.items()}
+    for message in read_run(consumer, topic, plan.run_id, start, end_offsets(consumer, topic)):
+        try:
+            yield CompletionSignal.decode(message.value() or b"")
+        except MessageError as exc:
+            log.warning("skipped offset %d of partition %d: %s", message.offset(), message.partition(), exc)
+
+
+def aggregate_run(consumer: Consumer, client: redis.Redis, settings: Settings, plan: dict[str, Any]) -> dict[str, Any]:
+    """The DAG's ``aggregate``: tally the run's signals from Kafka and record them in the manifest."""
+    run = Plan.from_dict(plan)
+    return record_aggregate(settings, client, run, tally(run, signals_on_topic(consumer, settings, run)))
