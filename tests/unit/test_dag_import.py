@@ -43,7 +43,7 @@ def test_no_import_errors(dagbag) -> None:
 
 def test_shape(dagbag) -> None:
     dag = dagbag.dags["fx_extract"]
-    assert [t.task_id for t in dag.tasks] == ["plan", "publish", "wait_for_workers", "aggregate", "verify"]
+    assert [t.task_id for t in dag.tasks] == ["plan", "publish", "wait_for_workers", "aggregate", "verify", "retire"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert set(dag.params) == {"as_of", "batch_size", "timeout_minutes"}

@@ -12,10 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as A
 from fx_airflow.operators import BatchesFailedError, WaitForBatchesOperator
 from fx_airflow.triggers import BatchCompletionTrigger, BatchProgress
 
-from fx_workers.messages import BatchStatus, CompletionSignal, MessageKind, kafka_headers
+from fx_workers.protocol import HEADER_KIND, BatchStatus, CompletionSignal
 
+PLAN = "0123456789abcdef"
 KWARGS = {
-    "run_id": "manual__2026-01-01T00:00:00+00:00",
+    "run_id": "a1b2c3d4",
+    "plan": PLAN,
     "topic": "features-computed",
     "start_offsets": {"0": 10, "1": 0},
     "batches": 3,
@@ -25,15 +27,17 @@ KWARGS = {
 }
 
 
-def signal(batch_id: int, status: BatchStatus = BatchStatus.OK, run_id: str = KWARGS["run_id"]) -> CompletionSignal:
-    return CompletionSignal(run_id=run_id, batch_id=batch_id, as_of=1, schema_version="s", status=status,
-                            accounts=10, error=None if status is BatchStatus.OK else "boom", worker_id="1")
+def signal(batch_id: int, status: BatchStatus = BatchStatus.OK, run_id: str = KWARGS["run_id"],
+           plan: str = PLAN) -> CompletionSignal:
+    """A signal as headers would describe it; only a failed one is ever decoded, so no proof is needed."""
+    return CompletionSignal.model_construct(run_id=run_id, plan=plan, batch_id=batch_id, status=status,
+                                            error=None if status is BatchStatus.OK else "boom", worker_id="1")
 
 
 class FakeMessage:
-    def __init__(self, completion: CompletionSignal, kind: MessageKind = MessageKind.COMPLETION) -> None:
-        self._value = completion.encode()
-        self._headers = kafka_headers(kind, completion.run_id)
+    def __init__(self, completion: CompletionSignal, kind: str = "completion") -> None:
+        self._value = completion.model_dump_json().encode()
+        self._headers = [(HEADER_KIND, kind.encode()) if k == HEADER_KIND else (k, v) for k, v in completion.headers()]
 
     def error(self) -> None:
         return None
@@ -43,6 +47,12 @@ class FakeMessage:
 
     def value(self) -> bytes:
         return self._value
+
+    def offset(self) -> int:
+        return 0
+
+    def partition(self) -> int:
+        return 0
 
 
 class FakeConsumer:
@@ -81,10 +91,11 @@ async def first_event(trigger: BatchCompletionTrigger, consumer: FakeConsumer) -
 def test_run_counts_distinct_batches_of_its_run() -> None:
     consumer = FakeConsumer([
         FakeMessage(signal(0)), FakeMessage(signal(0)), FakeMessage(signal(1, run_id="other")),
-        FakeMessage(signal(1), kind=MessageKind.RESULT), FakeMessage(signal(1)), FakeMessage(signal(2)),
+        FakeMessage(signal(1, plan="fedcba9876543210")), FakeMessage(signal(7)),
+        FakeMessage(signal(1), kind="dead-letter"), FakeMessage(signal(1)), FakeMessage(signal(2)),
     ])
     payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
-    assert (payload["status"], payload["done"], payload["total"], payload["accounts"]) == ("done", 3, 3, 30)
+    assert (payload["status"], payload["done"], payload["total"]) == ("done", 3, 3)
     assert sorted(tp.partition for tp in consumer.assigned) == [0, 1]
     assert consumer.closed
 
@@ -111,12 +122,12 @@ def test_run_times_out_with_the_missing_batches() -> None:
 
 def test_progress_line() -> None:
     progress = BatchProgress("r", total=4)
-    progress.add(signal(0))
-    assert "batches=1/4 (25%) accounts=10" in progress.line()
+    progress.add(0)
+    assert "batches=1/4 (25%)" in progress.line()
 
 
 def test_operator_defers_and_completes() -> None:
-    plan = {"run_id": KWARGS["run_id"], "batches": 3, "start_offsets": KWARGS["start_offsets"]}
+    plan = {"run_id": KWARGS["run_id"], "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
     operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed", timeout_minutes=5)
     with mock.patch.object(operator, "defer") as defer:
         operator.execute({})
@@ -127,6 +138,17 @@ def test_operator_defers_and_completes() -> None:
     done = {"status": "done", "run_id": "r", "total": 3, "seconds": 1.0}
     assert operator.execute_complete({}, done) == done
     failed = BatchProgress("r", total=3)
-    failed.add(signal(2, BatchStatus.FAILED))
+    failed.add(2, "worker 1: boom")
     with pytest.raises(BatchesFailedError, match="failed batches"):
         operator.execute_complete({}, failed.event("failed"))
+
+
+def test_the_plugin_imports_only_the_protocol() -> None:
+    """The triggerer loads the plugin for every deferred task: it must not pull in the engine (numpy)."""
+    import subprocess
+
+    code = ("import sys, fx_airflow.triggers, fx_airflow.operators, fx_airflow.hooks; "
+            "print(sorted(m for m in sys.modules if m.startswith('fx_workers')), 'numpy' in sys.modules)")
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    out = subprocess.run((sys.executable, "-c", code), cwd=plugins, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['fx_workers', 'fx_workers.protocol'] False"

@@ -1,0 +1,54 @@
+"""Planning: request keys, batch counts, the plan's fingerprint, topics, and cost-balanced batches."""
+
+from __future__ import annotations
+
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fx_workers.config import load_settings
+from fx_workers.steps.plan import balanced_batches, fingerprint, request_key
+from fx_workers.steps.topics import PipelineError, missing_topics
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 4, 7])
+def test_request_keys_go_round_robin_under_the_crc32_partitioner(partitions: int) -> None:
+    keys = [request_key(batch_id, partitions) for batch_id in range(40)]
+    assert [zlib.crc32(key) % partitions for key in keys] == [b % partitions for b in range(40)]
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize(("accounts", "batch_size", "count"), [(100, 30, 4), (11, 3, 4), (13, 10, 4), (1, 5, 1)])
+def test_batches_come_in_multiples_of_the_partitions_when_they_can(accounts: int, batch_size: int,
+                                                                   count: int) -> None:
+    ids = np.array([f"a{i:03d}" for i in range(accounts)])
+    costs = np.arange(accounts)[::-1]
+    batches = balanced_batches(ids, costs, batch_size, partitions=4)
+    assert len(batches) == count
+    assert max(len(b) for b in batches) <= batch_size
+    assert sorted(i for b in batches for i in b) == ids.tolist()
+
+
+def test_fingerprint_names_exactly_one_plan() -> None:
+    batches = [["a", "b"], ["c"]]
+    assert fingerprint("r1", 5, batches) == fingerprint("r1", 5, [["a", "b"], ["c"]])
+    assert len({fingerprint("r1", 5, batches), fingerprint("r2", 5, batches), fingerprint("r1", 6, batches),
+                fingerprint("r1", 5, [["c"], ["a", "b"]]), fingerprint("r1", 5, [["a"], ["b", "c"]]),
+                fingerprint("r1", 5, [["a", "b", "c"]])}) == 6
+
+
+def fake_admin(partitions: dict[str, int]) -> SimpleNamespace:
+    topics = {name: SimpleNamespace(partitions=dict.fromkeys(range(n))) for name, n in partitions.items()}
+    return SimpleNamespace(list_topics=lambda timeout: SimpleNamespace(topics=topics))
+
+
+def test_missing_topics_are_created_and_too_few_partitions_refused() -> None:
+    settings = load_settings()
+    topics = settings.kafka.topics
+    assert missing_topics(fake_admin({topics.requests: 4}), settings) == [
+        (topics.results, 4, -1), (topics.dead_letter, 1, -1)
+    ]
+    with pytest.raises(PipelineError, match=r"must have at least 4 partitions .* Got 2"):
+        missing_topics(fake_admin({topics.requests: 2}), settings)
