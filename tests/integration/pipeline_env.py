@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fx_workers.config import REPO_ROOT, load_settings
-from fx_workers.store.keys import META_RUN_ID
+from fx_workers.store.keys import RedisKeys
+from fx_workers.store.runs import RunRegistry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,50 +62,55 @@ class Slice:
             return subprocess.Popen((sys.executable, "-m", "fx_workers", "--worker-id", str(worker_id)),
                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
-    def load_graph(self, folder: Path, admin: AdminClient) -> None:
-        """A generated graph under the slice's labels, and the slice's topics."""
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.settings.redis.prefix)
+
+    def registry(self, client: redis.Redis) -> RunRegistry:
+        return RunRegistry(client, self.keys)
+
+    def load_graph(self, folder: Path, admin: AdminClient, csv: Path | None = None) -> None:
+        """A graph under the slice's labels (generated unless ``csv`` is given), and the slice's topics."""
         from confluent_kafka.admin import NewTopic
 
-        from fx_workers.pipeline import missing_topics
+        from fx_workers.steps.topics import missing_topics
         from fx_workers.tools.generate import write_csv
         from fx_workers.tools.load import load_csv
 
-        csv = folder / "graph.csv"
-        write_csv(csv, transactions=GENERATED_TRANSACTIONS, seed=11)
+        if csv is None:
+            csv = folder / "graph.csv"
+            write_csv(csv, transactions=GENERATED_TRANSACTIONS, seed=11)
         load_csv(csv, self.settings, replace=True)
         missing = [NewTopic(name, partitions, replication) for name, partitions, replication in
                    missing_topics(admin, self.settings)]
         for future in admin.create_topics(missing).values():
             future.result(timeout=30)
 
-    def local_snapshot(self, client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
-        """What ``fx extract --local`` writes for :data:`AS_OF`; the feature keys are deleted afterwards, so
-        the run under test has to write every one of them itself."""
-        from fx_workers.extract import run_local
+    def local_snapshot(self, client: redis.Redis, as_of: int = AS_OF) -> dict[str, dict[bytes, bytes]]:
+        """What ``fx extract --local`` writes for ``as_of``, as :meth:`snapshot` shows it."""
+        from fx_workers.steps.local import run_local
 
-        summary = run_local(self.settings, as_of=AS_OF)
+        summary = run_local(self.settings, as_of=as_of)
         assert summary.verification.ok, str(summary.verification)
-        snapshot = self.snapshot(client)
-        self.clear_features(client)
-        return snapshot
+        return self.snapshot(client, summary.run_id)
 
-    def clear_features(self, client: redis.Redis) -> None:
-        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*_features:*", count=10_000))
-        for start in range(0, len(keys), 10_000):
-            client.delete(*keys[start : start + 10_000])
-
-    def snapshot(self, client: redis.Redis) -> dict[str, dict[bytes, bytes]]:
-        """Every feature hash of the slice, without the field that names the run."""
-        keys = sorted(client.scan_iter(f"{self.settings.redis.prefix}:*_features:*", count=10_000))
+    def snapshot(self, client: redis.Redis, run_id: str | None = None) -> dict[str, dict[bytes, bytes]]:
+        """Every record of a run (default: the published one), keyed without the run's namespace, so
+        two runs of the same graph and as_of compare equal exactly when they stored the same bytes."""
+        run_id = run_id or self.registry(client).latest()
+        assert run_id is not None, "no published run"
+        namespace = self.keys.of_run(run_id)
+        head = len(namespace.namespace) + 1
+        keys = sorted(k for k in client.scan_iter(namespace.pattern, count=10_000)
+                      if not k.decode()[head:].startswith("plan:"))
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        return {key.decode(): {f: v for f, v in values.items() if f.decode() != META_RUN_ID}
-                for key, values in zip(keys, pipe.execute(), strict=True)}
+        return {key.decode()[head:]: values for key, values in zip(keys, pipe.execute(), strict=True)}
 
     def drop(self, client: redis.Redis, admin: AdminClient, driver: Driver) -> None:
         """Remove everything the slice wrote: Redis keys, topics, nodes, their constraints and index."""
-        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*", count=10_000))
+        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*", count=10_000))  # the prefix is the slice's
         for start in range(0, len(keys), 10_000):
             client.delete(*keys[start : start + 10_000])
         topics = self.settings.kafka.topics

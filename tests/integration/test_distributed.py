@@ -1,23 +1,32 @@
-"""The worker loop in-process against the real stack: a whole run, and a malformed request."""
+"""The worker loop in-process against the real stack: a whole run, redelivery, and requests that must
+not be computed (malformed, of an unknown run, of another plan, of an older catalogue)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fx_workers.engine.features import SCHEMA_VERSION
 from fx_workers.engine.graph import open_driver
-from fx_workers.messages import HEADER_KIND, CompletionSignal, DeadLetter, ExtractionRequest, header_value
-from fx_workers.pipeline import READER_CONFIG, aggregate_run, end_offsets, finish_run, plan_run, request_messages
-from fx_workers.sink import RedisSink
-from fx_workers.store.keys import RedisKeys
+from fx_workers.protocol import (
+    HEADER_KIND,
+    READER_CONFIG,
+    BatchStatus,
+    CompletionSignal,
+    DeadLetter,
+    ExtractionRequest,
+    header_value,
+)
+from fx_workers.steps.aggregate import aggregate_run
+from fx_workers.steps.plan import Plan, make_plan, request_messages
+from fx_workers.steps.publish import conclude
+from fx_workers.steps.topics import end_offsets
+from fx_workers.steps.verify import verify_run
 from fx_workers.worker import Worker
 from tests.integration.pipeline_env import AS_OF, Slice
 
 if TYPE_CHECKING:
-
     import redis
     from confluent_kafka import Message
 
@@ -41,53 +50,76 @@ def read_topic(piece: Slice, topic: str) -> list[Message]:
     return [m for m in messages if not m.error()]
 
 
-def test_worker_loop_matches_local_run(piece: Slice, redis_client: redis.Redis) -> None:
-    expected = piece.local_snapshot(redis_client)
-    settings, consumer = piece.settings, reader(piece)
+def plan_and_publish(piece: Slice, client: redis.Redis, copies: int = 1) -> Plan:
+    """Plan a run and produce its requests ``copies`` times (a redelivery, as after a lost commit)."""
+    settings = piece.settings
+    consumer = reader(piece)
     with open_driver(settings.neo4j) as driver:
-        plan = plan_run(driver, consumer, settings, run_id="worker-loop", as_of=AS_OF, batch_size=100).to_dict()
-        producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
-        for key, value in request_messages(driver, settings, plan):
+        plan, _ = make_plan(driver, client, settings, as_of=AS_OF, batch_size=100, mode="airflow",
+                            partitions=settings.kafka.partitions.requests,
+                            start_offsets=end_offsets(consumer, settings.kafka.topics.results))
+    consumer.close()
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for _ in range(copies):
+        for key, value in request_messages(client, settings, plan.to_dict()):
             producer.produce(settings.kafka.topics.requests, key=key, value=value)
-        assert producer.flush(30) == 0
+    assert producer.flush(30) == 0
+    return plan
 
-    worker = Worker(settings, WORKER_ID, max_messages=plan["batches"])
-    worker.run()
-    assert (worker.stats.batches, worker.stats.failed) == (plan["batches"], 0)
 
-    sink = RedisSink(redis_client, RedisKeys(settings.redis.prefix))
-    summary = aggregate_run(consumer, sink, settings, plan)
-    assert summary.batch_ids == list(range(plan["batches"]))
-    report = finish_run(settings, sink, plan, [asdict(summary)])
+def finish(piece: Slice, client: redis.Redis, plan: Plan) -> dict:
+    summary = aggregate_run(reader(piece), client, piece.settings, plan.to_dict())
+    report = verify_run(piece.settings, client, plan.run_id, batches=plan.batches)
+    conclude(piece.settings, client, report)
     assert report.ok, str(report)
+    return summary
+
+
+def test_worker_loop_matches_local_run_and_a_redelivered_batch_changes_nothing(
+        piece: Slice, redis_client: redis.Redis) -> None:
+    expected = piece.local_snapshot(redis_client)
+    plan = plan_and_publish(piece, redis_client, copies=2)
+
+    worker = Worker(piece.settings, WORKER_ID, max_messages=2 * plan.batches)
+    worker.run()
+    assert (worker.stats.batches, worker.stats.failed) == (2 * plan.batches, 0)
+
+    summary = finish(piece, redis_client, plan)
+    assert (summary["batches_counted"], summary["duplicates"]) == (plan.batches, plan.batches)
+    assert piece.registry(redis_client).latest() == plan.run_id
     assert piece.snapshot(redis_client) == expected
 
 
-def test_bad_requests_go_to_the_dead_letter_topic_and_the_worker_goes_on(piece: Slice) -> None:
+def test_requests_that_must_not_be_computed_go_to_the_dead_letter_topic(piece: Slice,
+                                                                       redis_client: redis.Redis) -> None:
     settings = piece.settings
     topics = settings.kafka.topics
-    valid = ExtractionRequest(run_id="after-junk", batch_id=0, batches=1, as_of=AS_OF,
-                              schema_version=SCHEMA_VERSION, ids=["A000001", "A000002"])
+    plan = plan_and_publish(piece, redis_client, copies=0)
+    valid = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=0, batches=plan.batches,
+                              as_of=AS_OF, schema_version=SCHEMA_VERSION, ids=["A000001", "A000002"])
+    unknown_run = valid.model_copy(update={"run_id": "00000000"})
+    other_plan = valid.model_copy(update={"plan": "fedcba9876543210"})
+    stale_schema = valid.model_copy(update={"schema_version": "old", "batch_id": 1})
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    stale = valid.model_copy(update={"run_id": "stale-schema", "schema_version": "old"})
-    producer.produce(topics.requests, key=b"junk", value=b"\x00 not a request")
-    producer.produce(topics.requests, key=b"stale", value=stale.encode())
-    producer.produce(topics.requests, key=b"valid", value=valid.encode())
+    for key, value in ((b"junk", b"\x00 not a request"), (b"unknown", unknown_run.encode()),
+                       (b"other", other_plan.encode()), (b"stale", stale_schema.encode()), (b"ok", valid.encode())):
+        producer.produce(topics.requests, key=key, value=value)
     assert producer.flush(30) == 0
 
-    worker = Worker(settings, WORKER_ID, max_messages=3)
+    worker = Worker(settings, WORKER_ID, max_messages=5)
     worker.run()
-    assert (worker.stats.dead_letters, worker.stats.failed, worker.stats.batches) == (2, 1, 1)
+    assert (worker.stats.dead_letters, worker.stats.failed, worker.stats.batches) == (4, 1, 1)
 
     letters = [DeadLetter.decode(m.value()) for m in read_topic(piece, topics.dead_letter)]
-    junk = [letter for letter in letters if letter.original == b"\x00 not a request"]
-    assert len(junk) == 1
-    assert "invalid ExtractionRequest" in junk[0].reason
-    assert (junk[0].topic, junk[0].worker_id) == (topics.requests, WORKER_ID)
+    reasons = {original: letter.reason for letter, original in letters}
+    assert "invalid ExtractionRequest" in reasons[b"\x00 not a request"]
+    assert "run 00000000 does not exist" in reasons[unknown_run.encode()]
+    assert "a stale or forged request" in reasons[other_plan.encode()]
+    assert "schema_version must be" in reasons[stale_schema.encode()]
+    assert all(letter.topic == topics.requests and letter.worker_id == WORKER_ID for letter, _ in letters)
 
-    assert [letter.run_id for letter in letters if "schema_version must be" in letter.reason] == ["stale-schema"]
-
-    completions = [CompletionSignal.decode(m.value()) for m in read_topic(piece, topics.results)
-                   if header_value(m.headers(), HEADER_KIND) == "completion"]
-    outcomes = {(c.run_id, c.status, c.accounts) for c in completions if c.run_id in ("after-junk", "stale-schema")}
-    assert outcomes == {("after-junk", "ok", 2), ("stale-schema", "failed", 0)}
+    signals = [CompletionSignal.decode(m.value()) for m in read_topic(piece, topics.results)
+               if header_value(m.headers(), HEADER_KIND) == "completion"]
+    outcomes = {(s.batch_id, s.status, s.accounts) for s in signals if s.run_id == plan.run_id}
+    assert outcomes == {(0, BatchStatus.OK, 2), (1, BatchStatus.FAILED, 0)}
+    assert not list(redis_client.scan_iter(piece.keys.of_run("00000000").pattern))

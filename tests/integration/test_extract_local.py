@@ -1,114 +1,228 @@
-"""fx extract --local and fx verify on the real stack, against the naive reference."""
+"""``fx extract --local``, ``fx verify``, ``fx features`` and ``fx runs`` as a user runs them, on a graph
+with hostile ids, against the naive reference; and what readers see while runs come and go."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from fx_workers.config import load_settings
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.sink import FeatureReader, open_redis
-from fx_workers.store.keys import RedisKeys
+from fx_workers.store.reader import FeatureReader
+from fx_workers.tools.generate import write_csv
+from tests.integration.pipeline_env import Slice
 from tests.reference import Reference, Transfer
 
-FX = [str(Path(sys.executable).parent / "fx")]
+if TYPE_CHECKING:
+    import redis
+
+FX = str(Path(sys.executable).parent / "fx")
+HOSTILE = ["it's", 'say "hi"', "a:b:c", "{tag}", "x}{y", "n') DETACH DELETE n //", "*", "ü ß", "a\\b", "[0-9]?"]
 
 
-def fx(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*FX, *args], capture_output=True, text=True, timeout=600)
+def hostile_graph(path: Path) -> list[Transfer]:
+    """A generated graph whose account and transfer ids include quotes, colons, braces, globs and Cypher."""
+    plain = path.with_suffix(".plain.csv")
+    write_csv(plain, transactions=1200, seed=11)
+    with plain.open() as f:
+        rows = list(csv.DictReader(f))
+    accounts = sorted({r["payer"] for r in rows} | {r["payee"] for r in rows})
+    rename = {a: f"{HOSTILE[i % len(HOSTILE)]}#{a}" if i % 3 == 0 else a for i, a in enumerate(accounts)}
+    for i, row in enumerate(rows):
+        row["payer"], row["payee"] = rename[row["payer"]], rename[row["payee"]]
+        if i % 5 == 0:
+            row["tx_id"] = f"{HOSTILE[i % len(HOSTILE)]}:{row['tx_id']}"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [Transfer(r["tx_id"], r["payer"], r["payee"], float(r["amount"]), int(r["ts"])) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def piece(redis_client, kafka_admin, neo4j_driver) -> Slice:
+    piece = Slice.create()
+    yield piece
+    piece.drop(redis_client, kafka_admin, neo4j_driver)
+
+
+@pytest.fixture(scope="module")
+def graph(piece: Slice, tmp_path_factory) -> list[Transfer]:
+    path = tmp_path_factory.mktemp("graph") / "hostile.csv"
+    transfers = hostile_graph(path)
+    fx(piece, "load", str(path), "--replace")
+    return transfers
+
+
+def fx(piece: Slice, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([FX, *args], capture_output=True, text=True, timeout=600, env=piece.env | env)
     if check and result.returncode != 0:
         raise AssertionError(f"fx {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def read_transfers(path: Path) -> list[Transfer]:
-    with path.open() as f:
-        return [Transfer(r["tx_id"], r["payer"], r["payee"], float(r["amount"]), int(r["ts"]))
-                for r in csv.DictReader(f)]
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory) -> list[Transfer]:
-    path = tmp_path_factory.mktemp("graph") / "g.csv"
-    fx("generate", "--transactions", "1200", "--seed", "11", "--out", str(path))
-    fx("load", str(path), "--replace")
-    return read_transfers(path)
-
-
-@pytest.fixture(scope="module", params=["inside", "after"])
-def extracted(request: pytest.FixtureRequest, graph: list[Transfer]) -> tuple[int, str]:
-    """A run at an as_of inside the data (some transfers are in the future, so the graph reads
-    filter on ts) and one after all of it (neighbour counts come from the degree store)."""
+def as_ofs(graph: list[Transfer]) -> dict[str, int]:
     ts = sorted(t.ts for t in graph)
-    as_of = ts[len(graph) * 3 // 4] if request.param == "inside" else ts[-1] + 1000
-    result = fx("extract", "--local", "--as-of", str(as_of), "--batch-size", "37")
-    assert "verification: passed" in result.stderr
-    reader = reader_for_stack()
-    return as_of, reader.latest()
+    return {"early": ts[len(ts) // 3], "inside": ts[len(ts) * 3 // 4], "after": ts[-1] + 1000}
 
 
-def reader_for_stack() -> FeatureReader:
-    config = load_settings().redis
-    return FeatureReader(open_redis(config), RedisKeys(config.prefix))
+def extract(piece: Slice, as_of: int, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    return fx(piece, "extract", "--local", "--as-of", str(as_of), "--batch-size", "37", *extra, **env)
 
 
-def test_redis_equals_the_reference(graph: list[Transfer], extracted: tuple[int, str]) -> None:
-    as_of, run_id = extracted
-    reference = Reference(graph, as_of)
-    reader = reader_for_stack()
-    accounts = sorted({t.payer for t in graph} | {t.payee for t in graph})
-    for account, record in zip(accounts, reader.nodes(accounts), strict=True):
-        assert record is not None and record["_run_id"] == run_id and record["_as_of"] == str(as_of)
+def reader(piece: Slice, client: redis.Redis, run_id: str | None = None) -> FeatureReader:
+    return FeatureReader(client, piece.keys, run_id)
+
+
+def accounts_of(graph: list[Transfer]) -> list[str]:
+    return sorted({t.payer for t in graph} | {t.payee for t in graph})
+
+
+@pytest.mark.parametrize("when", ["inside", "after"])
+def test_readers_get_the_reference_values(piece: Slice, graph: list[Transfer], redis_client: redis.Redis,
+                                          when: str) -> None:
+    """An as_of inside the data (graph reads filter on ts) and one after it (degrees from the store)."""
+    as_of = as_ofs(graph)[when]
+    assert "verification: passed, published" in extract(piece, as_of).stderr
+    reference, features = Reference(graph, as_of), reader(piece, redis_client)
+    run_id = piece.registry(redis_client).latest()
+    accounts = accounts_of(graph)
+    for account, record in zip(accounts, features.nodes(accounts), strict=True):
+        assert record is not None and record["_run_id"] == run_id and record["_as_of"] == str(as_of), account
         expected = reference.node(account)
         for name in NODE_FEATURE_NAMES:
             assert math.isclose(record[name], expected[name], rel_tol=1e-9, abs_tol=1e-9), (account, name)
     visible = [t for t in graph if t.ts <= as_of]
-    for t, record in zip(visible, reader.edges([t.tx_id for t in visible]), strict=True):
+    for t, record in zip(visible, features.edges([t.tx_id for t in visible]), strict=True):
         assert record is not None, t.tx_id
         expected = reference.edge(t)
         for name in EDGE_FEATURE_NAMES:
             assert math.isclose(record[name], expected[name], rel_tol=1e-9, abs_tol=1e-9), (t.tx_id, name)
-    future = [t.tx_id for t in graph if t.ts > as_of]
-    assert all(r is None or r["_run_id"] != run_id for r in reader.edges(future))
+    assert features.edges([t.tx_id for t in graph if t.ts > as_of]) == [None] * (len(graph) - len(visible))
 
 
-def test_rerun_writes_the_same_bytes(graph: list[Transfer], extracted: tuple[int, str]) -> None:
-    as_of, _ = extracted
-    client = reader_for_stack().client
-    keys = sorted(client.scan_iter(match=f"{load_settings().redis.prefix}:node_features:*", count=1000))[:50]
-    before = [{k: v for k, v in client.hgetall(key).items() if not k.startswith(b"_run")} for key in keys]
-    fx("extract", "--local", "--as-of", str(as_of), "--batch-size", "500")
-    after = [{k: v for k, v in client.hgetall(key).items() if not k.startswith(b"_run")} for key in keys]
-    assert before == after
+def test_an_earlier_as_of_after_a_later_one_mixes_nothing_in(piece: Slice, graph: list[Transfer],
+                                                              redis_client: redis.Redis) -> None:
+    times = as_ofs(graph)
+    extract(piece, times["after"])
+    extract(piece, times["early"])
+    features = reader(piece, redis_client)
+    later = [t.tx_id for t in graph if t.ts > times["early"]]
+    assert later and features.edges(later) == [None] * len(later)
+    assert {r["_as_of"] for r in features.nodes(accounts_of(graph))} == {str(times["early"])}
 
 
-def test_verify_names_a_deleted_or_altered_record(graph: list[Transfer], extracted: tuple[int, str]) -> None:
-    fx("extract", "--local", "--as-of", str(extracted[0]))  # a fresh run this test may damage
-    reader = reader_for_stack()
-    run_id = reader.latest()
-    assert fx("verify", "--run", run_id).returncode == 0
-    keys = RedisKeys(load_settings().redis.prefix)
-    victim, altered = sorted({t.payer for t in graph})[:2]
-    reader.client.delete(keys.node(victim))
-    reader.client.hset(keys.node(altered), "out_count", "not-a-number")
-    result = fx("verify", "--run", run_id, check=False)
+def test_a_rerun_writes_the_same_bytes(piece: Slice, graph: list[Transfer], redis_client: redis.Redis) -> None:
+    as_of = as_ofs(graph)["inside"]
+    extract(piece, as_of)
+    first = piece.snapshot(redis_client)
+    extract(piece, as_of, "--batch-size", "500")
+    assert piece.snapshot(redis_client) == first
+
+
+def test_export_equals_what_readers_get(piece: Slice, graph: list[Transfer], redis_client: redis.Redis,
+                                        tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    extract(piece, as_ofs(graph)["inside"])
+    run_id = piece.registry(redis_client).latest()
+    snapshot = piece.snapshot(redis_client)
+    fx(piece, "features", "export", "--out", str(tmp_path / "nodes.parquet"))
+    fx(piece, "features", "export", "--out", str(tmp_path / "edges.csv"), "--edges")
+    table = pq.read_table(tmp_path / "nodes.parquet")
+    assert table.column_names == ["account_id", *NODE_FEATURE_NAMES]
+    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert (metadata["fx_run_id"], metadata["fx_as_of"]) == (run_id, str(as_ofs(graph)["inside"]))
+    nodes = {row["account_id"]: row for row in table.to_pylist()}
+    assert sorted(nodes) == accounts_of(graph)
+    for account, row in nodes.items():
+        stored = snapshot[f"node_features:{account}"]
+        assert [row[n] for n in NODE_FEATURE_NAMES] == [float(stored[n.encode()]) for n in NODE_FEATURE_NAMES]
+    with (tmp_path / "edges.csv").open(newline="") as f:
+        edges = list(csv.reader(f))
+    assert edges[0] == ["tx_id", *EDGE_FEATURE_NAMES]
+    assert sorted(row[0] for row in edges[1:]) == sorted(k.split(":", 1)[1] for k in snapshot
+                                                         if k.startswith("edge_features:"))
+    for row in edges[1:]:
+        stored = snapshot[f"edge_features:{row[0]}"]
+        assert [float(v) for v in row[1:]] == [float(stored[n.encode()]) for n in EDGE_FEATURE_NAMES]
+    assert "must end in .parquet or .csv" in fx(piece, "features", "export", "--out", "x.json", check=False).stderr
+
+
+def test_a_failed_run_changes_nothing_readers_see_even_while_it_runs(piece: Slice, graph: list[Transfer],
+                                                                     redis_client: redis.Redis) -> None:
+    times = as_ofs(graph)
+    extract(piece, times["after"])
+    published = piece.registry(redis_client).latest()
+    features, accounts = reader(piece, redis_client), accounts_of(graph)
+    before = features.nodes(accounts)
+    failing = subprocess.Popen([FX, "extract", "--local", "--as-of", str(times["early"]), "--batch-size", "5"],
+                               env=piece.env | {"FX__DRIFT__PSI_FAIL": "0"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    reads = 0
+    while failing.poll() is None:
+        assert features.nodes(accounts) == before
+        reads += 1
+    _, stderr = failing.communicate()
+    assert failing.returncode == 1 and "FAILED, not published" in stderr and "drift against run" in stderr
+    assert reads > 1
+    assert piece.registry(redis_client).latest() == published
+    assert features.nodes(accounts) == before
+    failed = piece.registry(redis_client).list()[0]
+    assert (failed.status, failed.get("as_of")) == ("failed (deleted)", str(times["early"]))
+    assert "drift against run" in failed.get("failures")
+
+
+def test_verify_names_a_lost_record_an_altered_value_and_a_checksum_mismatch(
+        piece: Slice, graph: list[Transfer], redis_client: redis.Redis) -> None:
+    extract(piece, as_ofs(graph)["inside"])
+    run_id = piece.registry(redis_client).latest()
+    assert fx(piece, "verify", "--run", run_id, "--sample", "100000", "--batches", "1000").returncode == 0
+    namespace = piece.keys.of_run(run_id)
+    victim, altered = accounts_of(graph)[:2]
+    redis_client.delete(namespace.node(victim))
+    redis_client.hset(namespace.node(altered), "out_count", "not-a-number")
+    result = fx(piece, "verify", "--run", run_id, "--sample", "100000", "--batches", "0", check=False)
     assert result.returncode == 1
-    assert f"account {victim}: no record" in result.stdout
-    assert f"account {altered}: not a finite number: out_count" in result.stdout
+    assert f"account {victim}: no record in the run" in result.stdout
+    assert f"account {altered}: out_count stored nan" in result.stdout
+    result = fx(piece, "verify", "--run", run_id, "--sample", "0", "--batches", "1000", check=False)
+    assert result.returncode == 1 and "do not match the checksum its worker reported" in result.stdout
 
 
-def test_features_get_prints_json_and_names_missing_ids(graph: list[Transfer], extracted: tuple[int, str]) -> None:
-    import json
+def test_rollback_and_retention(piece: Slice, graph: list[Transfer], redis_client: redis.Redis) -> None:
+    times = as_ofs(graph)
+    for when in ("early", "inside", "after"):
+        extract(piece, times[when])
+        time.sleep(0.01)
+    runs = [r for r in piece.registry(redis_client).list() if not r.get("deleted")]
+    assert [r.get("as_of") for r in runs] == [str(times["after"]), str(times["inside"])]  # retention.runs = 2
+    namespaces = {key.decode().split(":")[1] for key in redis_client.scan_iter(f"{piece.keys.prefix}:*", count=10_000)}
+    assert namespaces - {"run", "runs", "latest"} == {r.run_id for r in runs}
+    listed = fx(piece, "runs", "list").stdout
+    assert all(r.run_id in listed for r in runs)
 
-    account = sorted({t.payer for t in graph})[-1]  # not one the verify test damages
-    printed = json.loads(fx("features", "get", account, "--json").stdout)
-    assert printed[account]["out_count"] == Reference(graph, extracted[0]).node(account)["out_count"]
-    tx = next(t for t in graph if t.ts <= extracted[0])
-    assert "pair_count" in fx("features", "get", tx.tx_id, "--edge").stdout
-    missing = fx("features", "get", "no-such-account", check=False)
+    account = accounts_of(graph)[-1]
+    assert reader(piece, redis_client).nodes([account])[0]["_as_of"] == str(times["after"])
+    fx(piece, "runs", "publish", runs[1].run_id)
+    assert reader(piece, redis_client).nodes([account])[0]["_as_of"] == str(times["inside"])
+    assert "run deadbeef does not exist" in fx(piece, "runs", "publish", "deadbeef", check=False).stderr
+
+
+def test_features_get_prints_json_and_names_missing_ids(piece: Slice, graph: list[Transfer]) -> None:
+    as_of = as_ofs(graph)["inside"]
+    extract(piece, as_of)
+    account = next(a for a in accounts_of(graph) if a.startswith("it's"))
+    printed = json.loads(fx(piece, "features", "get", account, "--json").stdout)
+    assert printed[account]["out_count"] == Reference(graph, as_of).node(account)["out_count"]
+    tx = next(t for t in graph if t.ts <= as_of and ":" in t.tx_id)
+    assert "pair_count" in fx(piece, "features", "get", tx.tx_id, "--edge").stdout
+    missing = fx(piece, "features", "get", "no-such-account", check=False)
     assert missing.returncode == 1 and "no-such-account" in missing.stderr
