@@ -26,6 +26,8 @@ SCAN_COUNT = 5000
 """Keys per ``SCAN`` step when deleting a namespace."""
 SIZE_SAMPLE = 20
 """Records whose ``MEMORY USAGE`` estimates a run's size."""
+HISTORY = 20
+"""Manifests of deleted runs kept, newest first, so ``fx runs list`` still says what happened to them."""
 
 
 class RunStatus(StrEnum):
@@ -53,6 +55,12 @@ class RunInfo:
 
     def get(self, name: str, default: str = "") -> str:
         return self.manifest.get(name, default)
+
+    @property
+    def status(self) -> str:
+        """The manifest's status, with ``(deleted)`` once retention removed the records."""
+        status = self.get("status")
+        return f"{status} (deleted)" if self.get("deleted") else status
 
 
 class RunRegistry:
@@ -129,10 +137,11 @@ class RunRegistry:
         return total
 
     def retire(self, keep: int, stale_seconds: float) -> list[str]:
-        """Delete every run but ``latest``, the ``keep - 1`` other most recently published verified runs, and
-        runs still running for less than ``stale_seconds``; returns the deleted ids."""
+        """Delete the records of every run but ``latest``, the ``keep - 1`` other most recently published
+        verified runs, and runs running for less than ``stale_seconds``; returns the ids deleted now.
+        Manifests stay (marked deleted) for the :data:`HISTORY` newest deleted runs."""
         latest, now = self.latest(), time.time()
-        runs = self.list()
+        runs = [r for r in self.list() if not r.get("deleted")]
         published = sorted((r for r in runs if r.get("status") == RunStatus.VERIFIED and r.get("published_at")
                             and not r.latest), key=lambda r: float(r.get("published_at")), reverse=True)
         kept = {latest} | {r.run_id for r in published[: max(keep - 1, 0)]}
@@ -140,10 +149,13 @@ class RunRegistry:
             r.get("status") == RunStatus.RUNNING and now - float(r.get("created", "0")) < stale_seconds)]
         for run_id in doomed:
             self.delete(run_id)
+        for old in [r.run_id for r in self.list() if r.get("deleted")][HISTORY:]:
+            self.client.delete(self.keys.run(old))
+            self.client.zrem(self.keys.runs, old)
         return doomed
 
     def delete(self, run_id: str) -> int:
-        """Unlink every key of the run's namespace, then its manifest; returns how many keys went."""
+        """Unlink every key of the run's namespace and mark its manifest deleted; returns the keys unlinked."""
         self.update(run_id, {"deleted": f"{time.time():.3f}"})  # publish() refuses it from here on
         deleted = 0
         batch: list[bytes] = []
@@ -152,10 +164,7 @@ class RunRegistry:
             if len(batch) >= SCAN_COUNT:
                 deleted += self._unlink(batch)
                 batch = []
-        deleted += self._unlink(batch)
-        self.client.delete(self.keys.run(run_id))
-        self.client.zrem(self.keys.runs, run_id)
-        return deleted
+        return deleted + self._unlink(batch)
 
     def _unlink(self, keys: list[bytes]) -> int:
         if not keys:

@@ -126,6 +126,8 @@ def extract(
 def verify(
     run: RunOption = None,
     sample: Annotated[int | None, typer.Option(min=0, help="Accounts to recompute from Neo4j.")] = None,
+    batches: Annotated[int | None, typer.Option(
+        min=0, help="Whole batches to recompute and re-read against their checksums.")] = None,
 ) -> None:
     """Check a run's counts, a recomputed sample and sampled checksums (changes nothing)."""
     from fx_workers.steps.verify import verify_run
@@ -134,7 +136,8 @@ def verify(
 
     config = settings()
     try:
-        report = verify_run(config, open_redis(config.redis), run, sample=sample, progress=progress_bar)
+        report = verify_run(config, open_redis(config.redis), run, sample=sample, batches=batches,
+                            progress=progress_bar)
     except RunError as exc:
         raise fail(str(exc)) from None
     stdout.print(str(report), highlight=False)
@@ -228,7 +231,7 @@ def features_docs() -> None:
 
 @runs_app.command("list")
 def runs_list() -> None:
-    """Every retained run, newest first: status, as_of, counts, size; the published one is marked."""
+    """Every run, newest first: status, as_of, counts, size; the published one is marked."""
     from datetime import UTC, datetime
 
     from rich.table import Table
@@ -244,7 +247,7 @@ def runs_list() -> None:
         as_of = run.get("as_of")
         created = run.get("created")
         table.add_row(
-            run.run_id, "*" if run.latest else "", run.get("status"),
+            run.run_id, "*" if run.latest else "", run.status,
             datetime.fromtimestamp(int(as_of), UTC).isoformat(timespec="seconds") if as_of else "",
             run.get("mode"), run.get("accounts"), run.get("transfers"),
             f"{int(run.get('size_bytes', '0')) / 2**20:.1f} MiB" if run.get("size_bytes") else "",

@@ -1,0 +1,132 @@
+"""The online store against a real Redis: run-scoped layout, exact round trip, idempotent rewrites,
+checksums, publication, rollback and retention."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import redis
+
+from fx_workers.engine.batch import BatchFeatures
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.keys import RedisKeys
+from fx_workers.store.reader import FeatureReader
+from fx_workers.store.runs import RunError, RunRegistry, RunStatus
+from fx_workers.store.writer import BatchWriter, Checksum, features_checksum
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PREFIX = "fxtest-store"
+KEYS = RedisKeys(PREFIX)
+HOSTILE = ["a", "b:c", "ü", "{x}", "*", "it's \"quoted\"", "x') DETACH DELETE n //"]
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    yield redis_client
+    for key in redis_client.scan_iter(match=f"{PREFIX}:*"):
+        redis_client.delete(key)
+
+
+def features(seed: int = 5) -> BatchFeatures:
+    rng = np.random.default_rng(seed)
+    node_values = rng.normal(size=(len(HOSTILE), len(NODE_FEATURE_NAMES))) * 1e6
+    node_values[0, 0] = 0.1 + 0.2  # the shortest repr must still round-trip
+    return BatchFeatures(np.array(HOSTILE), node_values, np.array(["t1", "t:2"]),
+                         rng.random((2, len(EDGE_FEATURE_NAMES))))
+
+
+def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, publish: bool = True) -> None:
+    registry.create(run_id, {"as_of": 123, "schema": "s1", "plan": "0" * 16, "batches": 1,
+                             "accounts": len(HOSTILE)})
+    BatchWriter(registry.client, KEYS.of_run(run_id)).write(batch or features())
+    if publish:
+        registry.update(run_id, {"status": RunStatus.VERIFIED})
+        registry.publish(run_id)
+
+
+def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
+    batch, registry = features(), RunRegistry(client, KEYS)
+    run(registry, "r1", batch)
+    stored = client.hgetall(f"{PREFIX}:r1:node_features:b:c")
+    assert stored[NODE_FEATURE_NAMES[0].encode()] == repr(float(batch.node_values[1, 0])).encode()
+    assert len(stored) == len(NODE_FEATURE_NAMES)  # no per-record metadata: it is in the manifest
+    reader = FeatureReader(client, KEYS)
+    assert np.array_equal(reader.node_matrix(HOSTILE), batch.node_values)
+    edge = reader.edges(["t:2", "missing"])
+    assert edge[1] is None and [edge[0][name] for name in EDGE_FEATURE_NAMES] == batch.edge_values[1].tolist()
+    assert (edge[0]["_run_id"], edge[0]["_as_of"], edge[0]["_schema"]) == ("r1", "123", "s1")
+    assert np.isnan(reader.node_matrix(["nobody"])).all()
+
+
+def test_a_reader_needs_a_published_run(client: redis.Redis) -> None:
+    with pytest.raises(RunError, match="no published run yet"):
+        FeatureReader(client, KEYS).nodes(["a"])
+    with pytest.raises(RunError, match="run zz does not exist"):
+        FeatureReader(client, KEYS, "zz").nodes(["a"])
+
+
+def test_rewrite_is_byte_identical_and_the_checksum_is_of_what_is_stored(client: redis.Redis) -> None:
+    batch, writer = features(), BatchWriter(client, KEYS.of_run("r1"))
+    first_checksum = writer.write(batch)
+    first = {k: client.hgetall(k) for k in client.scan_iter(match=f"{PREFIX}:*")}
+    assert writer.write(batch) == first_checksum == features_checksum(batch)
+    assert {k: client.hgetall(k) for k in client.scan_iter(match=f"{PREFIX}:*")} == first
+
+    reader = FeatureReader(client, KEYS, "r1")
+    reread = Checksum()
+    for key_of, names, ids in ((KEYS.of_run("r1").node, NODE_FEATURE_NAMES, HOSTILE),
+                               (KEYS.of_run("r1").edge, EDGE_FEATURE_NAMES, ["t1", "t:2"])):
+        for record_id, values in zip(ids, reader.raw(key_of, names, ids), strict=True):
+            reread.add(record_id, values)
+        reread.next_part()
+    assert reread.hexdigest() == first_checksum
+    assert features_checksum(features(seed=6)) != first_checksum
+
+
+def test_an_error_reply_raises_and_leaves_the_client_usable(client: redis.Redis) -> None:
+    client.set(KEYS.of_run("r1").node("a"), "a string, not a hash")
+    with pytest.raises(redis.ResponseError):
+        BatchWriter(client, KEYS.of_run("r1")).write(features())
+    assert client.ping()
+
+
+def test_only_a_verified_run_is_published_and_rollback_is_one_write(client: redis.Redis) -> None:
+    registry = RunRegistry(client, KEYS)
+    run(registry, "r1", features(1))
+    run(registry, "r2", features(2), publish=False)
+    with pytest.raises(RunError, match="run r2 is running"):
+        registry.publish("r2")
+    with pytest.raises(RunError, match="does not exist"):
+        registry.publish("nope")
+    registry.update("r2", {"status": RunStatus.VERIFIED})
+    registry.publish("r2")
+    reader = FeatureReader(client, KEYS)
+    assert reader.nodes(["a"])[0]["_run_id"] == "r2"
+    registry.publish("r1")
+    assert reader.nodes(["a"])[0] == FeatureReader(client, KEYS, "r1").nodes(["a"])[0]
+    assert reader.nodes(["a"])[0]["out_count"] == features(1).node_values[0, 0]
+
+
+def test_retention_keeps_the_live_and_the_last_published_runs(client: redis.Redis) -> None:
+    registry = RunRegistry(client, KEYS)
+    for run_id in ("r1", "r2", "r3"):
+        run(registry, run_id)
+        time.sleep(0.01)
+    run(registry, "failed", publish=False)
+    registry.update("failed", {"status": RunStatus.FAILED})
+    run(registry, "running", publish=False)
+    assert sorted(registry.retire(keep=2, stale_seconds=3600)) == ["failed", "r1"]
+    namespaces = {k.decode().split(":")[1] for k in client.scan_iter(match=f"{PREFIX}:*")} - {"run", "runs", "latest"}
+    assert namespaces == {"r2", "r3", "running"}
+    assert [(r.run_id, r.status) for r in registry.list()] == [
+        ("running", "running"), ("failed", "failed (deleted)"), ("r3", "verified"), ("r2", "verified"),
+        ("r1", "verified (deleted)")]
+    with pytest.raises(RunError, match="is verified and deleted"):
+        registry.publish("r1")
+    assert registry.retire(keep=1, stale_seconds=0) == ["running", "r2"]
+    assert registry.latest() == "r3"
