@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fx_workers.config import REPO_ROOT
-from fx_workers.sink import FeatureReader
-from fx_workers.store.keys import RedisKeys
 from fx_workers.tools.load import load_csv
 from fx_workers.tools.stack import AirflowApi
 from tests.integration.pipeline_env import AS_OF, Slice, airflow_env
@@ -90,16 +88,15 @@ def test_dags_test_equals_local_run(piece: Slice, expected: dict, env: dict, wor
 
     assert "progress run=" in output
     assert piece.snapshot(redis_client) == expected
-    reader = FeatureReader(redis_client, RedisKeys(piece.settings.redis.prefix))
-    run_id = reader.latest()
-    assert run_id and run_id.startswith("manual__")
-    manifest = reader.manifest(run_id)
+    registry = piece.registry(redis_client)
+    manifest = registry.manifest(registry.latest())
+    assert manifest["dag_run_id"].startswith("manual__")
     assert (manifest["status"], manifest["as_of"], manifest["mode"]) == ("verified", str(AS_OF), "airflow")
+    assert manifest["drift_verdict"] in ("ok", "warn")  # against the local run before it
 
 
 def test_worker_killed_mid_run(piece: Slice, expected: dict, env: dict, workers: Workers,
                                redis_client: redis.Redis) -> None:
-    piece.clear_features(redis_client)
     done_before = workers.log(1).read_text().count("batch done")
     run = dags_test(env, batch_size=10)
     deadline = time.monotonic() + 300
@@ -158,4 +155,4 @@ def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
     logs = settings.stack.dir / "airflow" / "logs" / "dag_id=fx_extract" / f"run_id={run_id}"
     wait_logs = "".join(path.read_text() for path in (logs / "task_id=wait_for_workers").glob("attempt=*"))
     assert "progress run=" in wait_logs
-    assert all((logs / f"task_id={task}").is_dir() for task in ("plan", "publish", "aggregate", "verify"))
+    assert all((logs / f"task_id={task}").is_dir() for task in ("plan", "publish", "aggregate", "verify", "retire"))
