@@ -79,8 +79,8 @@ clean-stack: down ## Delete the stack's data, logs and password (keeps the jars)
 	@$(STACKCTL) clean
 
 .PHONY: bench bench-full
-bench: setup up ## Benchmark naive, local, distributed and the I/O floor up to 100k transactions (docs/benchmarks.md)
-	@$(PY) -m bench.run --sizes 500,10000,100000
+bench: setup up ## Benchmark naive, local, distributed, dag (Airflow) and the I/O floor up to 100k + AMLSim (docs/benchmarks.md)
+	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim
 
-bench-full: setup up ## The same, plus 1M transactions (naive stops at 100k)
-	@$(PY) -m bench.run --sizes 500,10000,100000,1000000
+bench-full: setup up ## The same, plus 1M transactions, distributed included (naive stops at 100k)
+	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim,1000000

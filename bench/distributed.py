@@ -1,10 +1,11 @@
-"""The distributed path without Airflow: k worker processes, the package's plan, publish and aggregate steps.
+"""The distributed path without Airflow: k worker processes and the package's run steps, as the DAG calls them.
 
 Each measurement gets its own topics and consumer group (``fxbench-<tag>-...``), so the stack's
 workers never see its requests and a stale request of an earlier run can never reach its workers.
-The clock starts when the workers hold every request partition and stops when the last batch is in
-Redis; the verification that follows (``finish_run``) is timed apart. As in the ``fx_extract`` DAG,
-one aggregation reads every result once all batches are done.
+The clock starts, once the workers hold every request partition, with the plan (``make_plan``),
+then the requests are published (``request_messages``), the completion signals counted from their
+headers as the DAG's trigger does, the run aggregated (``aggregate_run``), verified (``verify_run``)
+and published (``conclude`` flips ``latest``); it stops when the run is live.
 """
 
 from __future__ import annotations
@@ -15,27 +16,34 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
-import fx_workers.pipeline
-import fx_workers.sink
+import fx_workers.steps.aggregate
+import fx_workers.steps.verify
+import fx_workers.store.reader
 from bench.measure import BenchError, Measurement, PhaseClock, wait_with_rss
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.engine.graph import open_driver
-from fx_workers.messages import HEADER_KIND, HEADER_RUN, BatchStatus, CompletionSignal, MessageKind, header_value
-from fx_workers.pipeline import (
+from fx_workers.protocol import (
+    HEADER_BATCH,
+    HEADER_KIND,
+    HEADER_RUN,
+    HEADER_STATUS,
     READER_CONFIG,
-    Plan,
-    aggregate_run,
-    finish_run,
-    missing_topics,
-    plan_run,
-    request_messages,
+    BatchStatus,
+    CompletionSignal,
+    MessageKind,
+    header_value,
 )
-from fx_workers.sink import RedisSink, open_redis
-from fx_workers.store.keys import RedisKeys
+from fx_workers.steps.aggregate import aggregate_run
+from fx_workers.steps.plan import Plan, make_plan, request_messages
+from fx_workers.steps.publish import conclude
+from fx_workers.steps.topics import end_offsets, missing_topics
+from fx_workers.steps.verify import verify_run
+from fx_workers.store.client import open_redis
 from fx_workers.tools.doctor import topic_partitions
 
 if TYPE_CHECKING:
@@ -47,18 +55,20 @@ if TYPE_CHECKING:
     from fx_workers.config import Settings
 
 PREFIX = "fxbench-"
-AGGREGATE_PHASES = [
-    (fx_workers.pipeline.FeatureResult, "decode", "aggregate: decode"),
-    (fx_workers.pipeline, "join_features", "aggregate: decode"),
-    (fx_workers.sink.RedisSink, "write", "aggregate: encode"),
-    (fx_workers.sink.RedisSink, "_send", "aggregate: redis"),
+RUN_PHASES = [
+    (fx_workers.steps.aggregate.CompletionSignal, "decode", "aggregate: decode"),
+    (fx_workers.steps.aggregate, "record_aggregate", "aggregate: manifest"),
+    (fx_workers.steps.verify, "extract_batch", "verify: recompute"),
+    (fx_workers.store.reader.FeatureReader, "raw", "verify: re-read"),
+    (fx_workers.steps.verify, "stored_batches", "verify: plan"),
 ]
-"""Inside ``aggregate_run``, whose own remaining time is reading Kafka: results into arrays, arrays into
-RESP, and the Redis round trips."""
+"""Inside ``aggregate_run`` (whose own remaining time is reading Kafka) and ``verify_run`` (whose own
+remaining time is counting and comparing): signals decoded, the manifest and drift written; the
+sample and whole batches recomputed from Neo4j, records re-read from Redis, the plan read back."""
 LOGS = REPO_ROOT / "bench" / "results" / "logs"
 READY_TIMEOUT_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 120.0
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1
 """``consume()`` waits this long unless it has a full batch of messages: the bench's own latency."""
 
 
@@ -134,36 +144,52 @@ def wait_until_assigned(admin: AdminClient, settings: Settings, workers: int) ->
     raise BenchError(f"{workers} workers did not join group {group} within {READY_TIMEOUT_SECONDS:.0f}s")
 
 
-def wait_for_batches(consumer: Consumer, topic: str, plan: Plan) -> tuple[int, int]:
-    """Count this run's completion signals until every batch has one; its accounts and transfers.
+def wait_for_batches(consumer: Consumer, topic: str, plan: Plan) -> None:
+    """Count this run's completion signals from their headers, as the DAG's trigger does, until every
+    batch has one.
 
     :raises BenchError: when a batch failed, or nothing arrived for :data:`IDLE_TIMEOUT_SECONDS`
     """
     from confluent_kafka import TopicPartition
 
     consumer.assign([TopicPartition(topic, int(p), o) for p, o in plan.start_offsets.items()])
-    done: dict[int, CompletionSignal] = {}
+    done: set[int] = set()
     last_seen = time.monotonic()
     while len(done) < plan.batches:
         messages = consumer.consume(num_messages=500, timeout=POLL_SECONDS)
         if messages:
             last_seen = time.monotonic()
         elif time.monotonic() - last_seen > IDLE_TIMEOUT_SECONDS:
-            raise BenchError(f"no results for {IDLE_TIMEOUT_SECONDS:.0f}s; {len(done)} of {plan.batches} batches done")
+            raise BenchError(f"no signals for {IDLE_TIMEOUT_SECONDS:.0f}s; {len(done)} of {plan.batches} batches done")
         for message in messages:
-            if message.error() or header_value(message.headers(), HEADER_RUN) != plan.run_id \
-                    or header_value(message.headers(), HEADER_KIND) != MessageKind.COMPLETION:
+            headers = message.headers()
+            if message.error() or header_value(headers, HEADER_RUN) != plan.run_id \
+                    or header_value(headers, HEADER_KIND) != MessageKind.COMPLETION:
                 continue
-            completion = CompletionSignal.decode(message.value())
-            if completion.status is not BatchStatus.OK:
-                raise BenchError(f"batch {completion.batch_id} failed: {completion.error}")
-            done[completion.batch_id] = completion
-    return sum(c.accounts for c in done.values()), sum(c.transfers for c in done.values())
+            if header_value(headers, HEADER_STATUS) != BatchStatus.OK:
+                raise BenchError(f"batch {header_value(headers, HEADER_BATCH)} failed: "
+                                 f"{CompletionSignal.decode(message.value()).error}")
+            done.add(int(header_value(headers, HEADER_BATCH) or -1))
+
+
+@contextmanager
+def signal_timings(totals: dict[str, float]) -> Iterator[None]:
+    """Sum the workers' own timings (``timings_ms`` of each signal the aggregation counts), in seconds."""
+    add = fx_workers.steps.aggregate.Tally.add
+
+    def spy(self: Any, signal: CompletionSignal) -> None:
+        for name, ms in signal.timings_ms.items():
+            totals[f"worker {name}"] += ms / 1000
+        add(self, signal)
+
+    with mock.patch.object(fx_workers.steps.aggregate.Tally, "add", spy):
+        yield
 
 
 def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
-    """One distributed run with ``workers`` workers, timed from the plan to the last batch in Redis.
+    """One distributed run with ``workers`` workers, timed from the plan to the run verified and live.
 
+    :param run_id: names the log files of this measurement's workers
     :raises BenchError: when a step fails, or the verification does
     """
     from confluent_kafka import Consumer, Producer
@@ -176,29 +202,34 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
     admin = AdminClient(kafka)
     remove_leftovers(admin)
     create_topics(admin, settings)
-    sink = RedisSink(open_redis(settings.redis), RedisKeys(settings.redis.prefix))
+    client = open_redis(settings.redis)
+    results = settings.kafka.topics.results
     reader = Consumer(kafka | READER_CONFIG | {"group.id": f"{PREFIX}{tag}-reader"})
     watcher = Consumer(kafka | READER_CONFIG | {"group.id": f"{PREFIX}{tag}-watcher"})
     producer = Producer(kafka | {"linger.ms": 5})
     worker_rss: list[int] = []
+    clock = PhaseClock()
+    worker_seconds: dict[str, float] = defaultdict(float)
     try:
-        with worker_pool(workers, env, tag, worker_rss), open_driver(settings.neo4j) as driver:
+        with worker_pool(workers, env, f"{run_id}-{tag}", worker_rss), open_driver(settings.neo4j) as driver:
             wait_until_assigned(admin, settings, workers)
             started = time.perf_counter()
-            plan = plan_run(driver, reader, settings, run_id=run_id, as_of=as_of,
-                            batch_size=settings.extraction.batch_size)
-            for key, value in request_messages(driver, settings, plan.to_dict()):
+            plan, _ = make_plan(driver, client, settings, as_of=as_of, batch_size=settings.extraction.batch_size,
+                                mode="bench", partitions=settings.kafka.partitions.requests,
+                                start_offsets=end_offsets(reader, results))
+            for key, value in request_messages(client, settings, plan.to_dict()):
                 producer.produce(settings.kafka.topics.requests, key=key, value=value)
             producer.flush(30)
             published = time.perf_counter()
-            wait_for_batches(watcher, settings.kafka.topics.results, plan)
+            wait_for_batches(watcher, results, plan)
             computed = time.perf_counter()
-            clock = PhaseClock()
-            with clock.patch(AGGREGATE_PHASES):
-                summary = clock.wrap("aggregate: kafka", aggregate_run)(reader, sink, settings, plan.to_dict())
-            written = time.perf_counter()
-            report = finish_run(settings, sink, plan.to_dict(), [asdict(summary)], mode="bench")
+            with clock.patch(RUN_PHASES), signal_timings(worker_seconds):
+                summary = clock.wrap("aggregate: kafka", aggregate_run)(reader, client, settings, plan.to_dict())
+                aggregated = time.perf_counter()
+                report = clock.wrap("verify: counts", verify_run)(settings, client, plan.run_id)
             verified = time.perf_counter()
+            conclude(settings, client, report, compute_seconds=round(computed - started, 3))
+            live = time.perf_counter()
     finally:
         reader.close()
         watcher.close()
@@ -206,6 +237,7 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
             future.exception()
     if not report.ok:
         raise BenchError(str(report))
-    phases = {"plan + publish": published - started, "workers": computed - published, **clock.seconds}
-    return Measurement(written - started, summary.accounts, summary.transfers, phases, verified - written,
+    phases = {"plan + publish": published - started, "workers": computed - published, **clock.seconds,
+              "publish": live - verified, **{f"{k} (sum)": v for k, v in worker_seconds.items()}}
+    return Measurement(live - started, plan.accounts, summary["transfers"], phases, verified - aggregated,
                        worker_rss)

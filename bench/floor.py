@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.measure import BenchError, Measurement
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.engine.extract import extract_batch
+from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.graph import Cypher, as_array, open_driver, read_accounts
-from fx_workers.extract import extract_batch, plan_batches
-from fx_workers.sink import CHUNK, open_redis
-from fx_workers.store.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.steps.plan import lpt_batches
+from fx_workers.store.client import open_redis
+from fx_workers.store.keys import RedisKeys
+from fx_workers.store.writer import CHUNK, encode_row
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,7 +47,7 @@ def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
     cypher, database = Cypher(settings.graph), settings.neo4j.database
     with open_driver(settings.neo4j) as driver:
         ids, costs = read_accounts(driver, cypher, database)
-        parts = [extract_batch(driver, settings, batch, as_of) for batch in plan_batches(ids, costs, PREPARE_BATCH)]
+        parts = [extract_batch(driver, settings, batch, as_of) for batch in lpt_batches(ids, costs, PREPARE_BATCH)]
     np.savez(
         path,
         node_ids=np.concatenate([p.node_ids for p in parts]),
@@ -55,17 +57,16 @@ def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
     )
 
 
-def load_records(path: Path, prefix: str, run_id: str, as_of: int) -> tuple[list[Record], int, int]:
-    """The saved records as ``(key, {field: value})`` in the brief's layout, with the counts of
-    accounts and transfers."""
-    keys = RedisKeys(prefix)
-    meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: SCHEMA_VERSION}
+def load_records(path: Path, prefix: str, run_id: str) -> tuple[list[Record], int, int]:
+    """The saved records as ``(key, {field: value})`` in the run-scoped layout, the same bytes the
+    ``BatchWriter`` stores, with the counts of accounts and transfers."""
+    namespace = RedisKeys(prefix).of_run(run_id)
     saved = np.load(path)
     records = [
-        (key_of(entity_id), dict(zip(names, map(repr, row), strict=True)) | meta)
+        (key_of(entity_id), dict(zip(names, (v.decode() for v in encode_row(row)), strict=True)))
         for key_of, names, ids, values in (
-            (keys.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
-            (keys.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]),
+            (namespace.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
+            (namespace.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]),
         )
         for entity_id, row in zip(ids.tolist(), values.tolist(), strict=True)
     ]
@@ -122,7 +123,8 @@ def write_redis_cli(settings: Settings, records: list[Record]) -> float:
 
 
 def write_redis_py(settings: Settings, records: list[Record]) -> float:
-    """Write the records with redis-py pipelines of :data:`~fx_workers.sink.CHUNK` hashes; the seconds taken."""
+    """Write the records with redis-py pipelines of :data:`~fx_workers.store.writer.CHUNK` hashes, as the
+    ``BatchWriter`` sends them; the seconds taken."""
     client = open_redis(settings.redis)
     started = time.perf_counter()
     for start in range(0, len(records), CHUNK):
@@ -135,7 +137,7 @@ def write_redis_py(settings: Settings, records: list[Record]) -> float:
 
 def run_floor(settings: Settings, *, as_of: int, run_id: str, records_path: Path, writer: str) -> Measurement:
     """Read every transfer once, then write every record once with ``writer`` (``redis-cli`` or ``redis-py``)."""
-    records, accounts, transfers = load_records(records_path, settings.redis.prefix, run_id, as_of)
+    records, accounts, transfers = load_records(records_path, settings.redis.prefix, run_id)
     started = time.perf_counter()
     columns = read_columns(settings, as_of)
     read_seconds = time.perf_counter() - started

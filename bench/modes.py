@@ -11,22 +11,25 @@ import cProfile
 import importlib
 import json
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-import fx_workers.engine.graph
-import fx_workers.extract
-import fx_workers.sink
-import fx_workers.verify
+import redis.client
+
+import fx_workers.steps.compute
+import fx_workers.steps.local
+import fx_workers.store.writer
+from bench.dag import run_dag
 from bench.distributed import run_distributed
 from bench.floor import run_floor
 from bench.measure import BenchError, Measurement, PhaseClock
 from bench.naive import run_naive
 from fx_workers.config import Settings, load_settings
-from fx_workers.extract import run_local
+from fx_workers.steps.local import run_local
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,17 +37,23 @@ if TYPE_CHECKING:
 PRELOADED = ("neo4j", "redis", "confluent_kafka")
 """Imported before any clock starts: the package imports them lazily, and no mode should time that."""
 LOCAL_PHASES = [
-    (fx_workers.extract, "read_accounts", "neo4j"),
-    (fx_workers.extract, "read_batch", "neo4j"),
-    (fx_workers.engine.graph, "_edges", "decode"),
-    (fx_workers.engine.graph, "as_array", "decode"),
-    (fx_workers.extract, "compute_features", "compute"),
-    (fx_workers.sink.RedisSink, "write", "encode"),
-    (fx_workers.sink.RedisSink, "_send", "redis"),
-    (fx_workers.verify, "verify_run", "verify"),
+    (fx_workers.steps.local, "make_plan", "plan"),
+    (fx_workers.steps.local, "read_graph", "neo4j"),
+    (fx_workers.steps.local, "compute_features", "compute"),
+    (fx_workers.store.writer.BatchWriter, "write", "write: encode"),
+    (redis.client.Pipeline, "execute", "write: redis"),
+    (fx_workers.steps.compute, "part_stats", "stats"),
+    (fx_workers.steps.local, "record_aggregate", "aggregate"),
+    (fx_workers.steps.local, "verify_run", "verify"),
+    (fx_workers.steps.local, "conclude", "publish"),
+    (fx_workers.steps.local, "retire", "retire"),
 ]
-"""Where ``run_local`` spends its time: the Neo4j driver (query and records), records into numpy
-arrays, the feature engine, values into RESP, and the Redis round trips; verification apart."""
+"""Where ``run_local`` spends its time: the plan, the graph reads (in the prefetch thread, so they
+overlap), the feature engine, building the ``HSET`` commands and their checksum, the pipelines' round
+trips (redis-py packs and sends there), the batch statistics, the aggregation, the verification, the
+flip of ``latest`` and retention. The remainder is the main thread waiting for the next batch's read."""
+OPAQUE = ("plan", "aggregate", "verify", "publish", "retire")
+"""Steps whose own Redis pipelines are theirs, not the batch writes'."""
 
 
 @contextmanager
@@ -54,7 +63,7 @@ def profiled(path: Path | None) -> Iterator[None]:
         yield
         return
     profiler = cProfile.Profile()
-    verify_run = fx_workers.verify.verify_run
+    verify_run = fx_workers.steps.local.verify_run
 
     def unprofiled(*args: Any, **kwargs: Any) -> Any:
         profiler.disable()
@@ -63,7 +72,7 @@ def profiled(path: Path | None) -> Iterator[None]:
         finally:
             profiler.enable()
 
-    with mock.patch.object(fx_workers.verify, "verify_run", unprofiled):
+    with mock.patch.object(fx_workers.steps.local, "verify_run", unprofiled):
         profiler.enable()
         try:
             yield
@@ -72,25 +81,30 @@ def profiled(path: Path | None) -> Iterator[None]:
             profiler.dump_stats(path)
 
 
-def measure_local(settings: Settings, *, as_of: int, run_id: str, profile: Path | None = None) -> Measurement:
-    """``fx extract --local`` (:func:`~fx_workers.extract.run_local`), split by phase.
+def measure_local(settings: Settings, *, as_of: int, profile: Path | None = None) -> Measurement:
+    """``fx extract --local`` (:func:`~fx_workers.steps.local.run_local`) from the plan to the run verified
+    and live, split by phase (retention after the flip is a phase but not part of the time).
 
-    :param profile: also write a cProfile of the extraction (not the verification) there, defaults to none
+    :param profile: also write a cProfile of the run (not the verification) there, defaults to none
     :raises BenchError: when the run does not pass its own verification
     """
     clock = PhaseClock()
-    with profiled(profile), clock.patch(LOCAL_PHASES, opaque=("verify",)):
-        summary = run_local(settings, as_of=as_of, run_id=run_id)
+    started = time.perf_counter()
+    with profiled(profile), clock.patch(LOCAL_PHASES, opaque=OPAQUE):
+        summary = run_local(settings, as_of=as_of)
+    seconds = time.perf_counter() - started
     if not summary.verification.ok:
         raise BenchError(str(summary.verification))
     phases = dict(clock.seconds)
-    verify_seconds = phases.pop("verify")
-    return Measurement(summary.seconds, summary.accounts, summary.transfers, phases, verify_seconds)
+    phases["wait for neo4j"] = seconds - sum(v for k, v in phases.items() if not k.endswith("(thread)"))
+    seconds -= phases["retire"]
+    return Measurement(seconds, summary.accounts, summary.transfers, phases, phases["verify"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.modes", description=__doc__)
-    parser.add_argument("mode", help="naive, local, floor-redis-cli, floor-redis-py or distributed-K (K workers)")
+    parser.add_argument("mode", help="naive, local, floor-redis-cli, floor-redis-py, distributed-K (K workers) "
+                                     "or dag")
     parser.add_argument("--as-of", type=int, required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--records", type=Path, help="floor: the .npz of prepared records")
@@ -102,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "naive":
         measurement = run_naive(settings, as_of=args.as_of, run_id=args.run_id)
     elif args.mode == "local":
-        measurement = measure_local(settings, as_of=args.as_of, run_id=args.run_id, profile=args.profile)
+        measurement = measure_local(settings, as_of=args.as_of, profile=args.profile)
     elif args.mode.startswith("distributed-"):
         measurement = run_distributed(as_of=args.as_of, run_id=args.run_id, workers=int(args.mode.split("-")[1]))
+    elif args.mode == "dag":
+        measurement = run_dag(as_of=args.as_of)
     elif args.mode.startswith("floor-"):
         measurement = run_floor(settings, as_of=args.as_of, run_id=args.run_id, records_path=args.records,
                                 writer=args.mode.removeprefix("floor-"))

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from bench.measure import Measurement, PhaseClock
 from fx_workers.engine.features import SCHEMA_VERSION
 from fx_workers.engine.graph import Cypher, open_driver
-from fx_workers.sink import open_redis
-from fx_workers.store.keys import META_AS_OF, META_RUN_ID, META_SCHEMA, RedisKeys
+from fx_workers.store.client import open_redis
+from fx_workers.store.keys import RedisKeys
+from fx_workers.store.reader import META_AS_OF, META_RUN_ID, META_SCHEMA
 
 if TYPE_CHECKING:
     from fx_workers.config import Settings
@@ -100,7 +101,7 @@ def core_edge_features(out: list[Leg]) -> dict[str, dict[str, float]]:
 def run_naive(settings: Settings, *, as_of: int, run_id: str) -> Measurement:
     """Extract every account the naive way, timed from the first query to the last write."""
     cypher = Cypher(settings.graph)
-    keys = RedisKeys(settings.redis.prefix)
+    keys = RedisKeys(settings.redis.prefix).of_run(run_id)
     meta = {META_RUN_ID: run_id, META_AS_OF: str(as_of), META_SCHEMA: SCHEMA_VERSION}
     clock = PhaseClock()
     hset = clock.wrap("redis", open_redis(settings.redis).hset)

@@ -10,7 +10,8 @@ from typing import Any
 
 from fx_workers.config import REPO_ROOT
 
-MODES = ("naive", "local", "distributed-1", "distributed-2", "distributed-4", "floor-redis-cli", "floor-redis-py")
+MODES = ("naive", "local", "distributed-1", "distributed-2", "distributed-4", "dag", "floor-redis-cli",
+         "floor-redis-py")
 """Every mode, in table and plot order."""
 FLOORS = ("floor-redis-cli", "floor-redis-py")
 NOTES_MARKER = "<!-- Notes below this line are written by hand and kept when bench.run regenerates the file. -->"
@@ -18,16 +19,36 @@ MB = 1024 * 1024
 MODE_DOCS = {
     "naive": "what the seed's script did: one Cypher query per account, the 16 core node and 2 core edge features "
              "in plain Python per account, one unpipelined `HSET` per account and per transfer",
-    "local": "`fx extract --local` (`run_local`): bulk column reads per batch of 1000 accounts, the vectorised "
-             "62 + 11 features, RESP-packed pipelined writes; verification timed apart",
-    "distributed-k": "k worker processes (`python -m fx_workers --worker-id N`) fed by Kafka, results aggregated "
-                     "into Redis by the bench; from planning and the first request published to the last batch "
-                     "written to Redis, without Airflow; verification timed apart",
+    "local": "`fx extract --local` (`run_local`): plan, bulk column reads per batch of 1000 accounts (the next "
+             "batch read in a thread), the vectorised 62 + 11 features, pipelined writes into the run's "
+             "namespace, aggregation of the signals, verification, the flip of `latest`; timed from the plan to "
+             "the run verified and live (retention after it is shown but not counted)",
+    "distributed-k": "k worker processes (`python -m fx_workers --worker-id N`, own topics and consumer group) "
+                     "writing their batches into Redis; `make_plan` + `request_messages` published, signals "
+                     "counted from their headers as the DAG's trigger does, then `aggregate_run`, `verify_run` "
+                     "and `conclude`; timed from the plan to the run verified and live, without Airflow. "
+                     "`worker ... (sum)` phases add up the workers' own timings from their signals (they overlap)",
+    "dag": "a whole `fx_extract` run through the stack's Airflow (its scheduler, triggerer and 2 workers, "
+           "default config), timed from the trigger (the run's `queued_at`) to its `end_date`; phases are "
+           "each task's share from its upstream's end to its own end (see the table by task); Redis bytes are "
+           "the manifest's estimate",
     "floor-redis-cli": "every transfer read once as columns (one `collect()` query) plus every record of `local` "
-                       "written once, pre-encoded, through `redis-cli --pipe`: the server's floor",
-    "floor-redis-py": "the same read, plus the same records written through redis-py pipelines of 5000 hashes: "
+                       "written once, the same bytes, pre-encoded, through `redis-cli --pipe`: the server's floor",
+    "floor-redis-py": "the same read, plus the same records written through redis-py pipelines of 2000 hashes: "
                       "a Python client's floor",
 }
+DAG_PARTS = ("schedule", "queue", "spawn", "startup", "execute", "post", "to trigger", "trigger", "to resume",
+             "finish")
+"""A task's parts in the order they happen (see :func:`bench.dag.task_breakdown`)."""
+KB = 1000
+TARGET_FLOOR_100K = 2.5
+TARGET_FLOOR_1M = 2.0
+TARGET_VERIFY_SHARE = 0.10
+TARGET_DAG_SECONDS = 20.0
+TARGET_BYTES_PER_ACCOUNT = 5_900
+"""Issue 10's targets: ratios to the server floor, verification's share, the demo run, Redis per account."""
+RSS_BOUND = 1.5
+"""Worker peak RSS counts as bounded when the largest size's is within this factor of the smallest's."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +64,16 @@ class ModeSummary:
     redis_bytes_per_account: float
     phases: dict[str, float]
     verify_seconds: float | None
+    tasks: dict[str, dict[str, float]]
+    """dag mode: median seconds per part of each task."""
 
     @property
     def transfers_per_second(self) -> float:
         return self.transfers / self.seconds if self.seconds else 0.0
+
+    @property
+    def verify_share(self) -> float | None:
+        return None if self.verify_seconds is None or not self.seconds else self.verify_seconds / self.seconds
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, ModeSummary]:
@@ -69,13 +96,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, ModeSummary]:
             redis_bytes_per_account=statistics.median(run["redis_bytes"] / max(run["accounts"], 1) for run in mine),
             phases={name: statistics.median(run["phases"].get(name, 0.0) for run in mine) for name in phase_names},
             verify_seconds=statistics.median(verify) if verify else None,
+            tasks=_median_tasks([run.get("tasks", {}) for run in mine]),
         )
     return summaries
 
 
+def _median_tasks(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per task and part, the median over the runs (a part a run lacks counts as 0)."""
+    names = dict.fromkeys(task for run in runs for task in run)
+    return {task: {part: statistics.median(run.get(task, {}).get(part, 0.0) for run in runs)
+                   for part in dict.fromkeys(p for run in runs for p in run.get(task, {}))}
+            for task in names}
+
+
 def ratios(summaries: dict[str, ModeSummary]) -> dict[str, float]:
     """Time ratios between modes that were measured: how many times slower the first is."""
-    pairs = [("naive", "local")]
+    pairs = [("naive", "local"), ("dag", "distributed-2")]
     pairs += [("local", mode) for mode in summaries if mode.startswith("distributed-")]
     pairs += [(mode, floor) for mode in summaries if mode == "local" or mode.startswith("distributed-")
               for floor in FLOORS]
@@ -108,25 +144,57 @@ def _phases(summary: ModeSummary) -> str:
     return ", ".join(f"{name} {seconds:.2f}" for name, seconds in summary.phases.items())
 
 
+def size_title(size: dict[str, Any]) -> str:
+    """``100,000 transactions`` or ``AMLSim, 175,255 transactions``."""
+    name = "AMLSim, " if size.get("name") == "amlsim" else ""
+    return f"{name}{size['transactions']:,} transactions"
+
+
+def _verify(s: ModeSummary) -> str:
+    return "" if s.verify_share is None else f"{s.verify_seconds:.2f} ({100 * s.verify_share:.0f}%)"
+
+
 def render_size(size: dict[str, Any]) -> str:
-    """The table and ratios of one size."""
+    """The table, ratios, Redis with retained runs and the dag mode's tasks of one size."""
     summaries = summarise(size["runs"])
     lines = [
-        f"## {size['transactions']:,} transactions ({size['accounts']:,} accounts)",
+        f"## {size_title(size)} ({size['accounts']:,} accounts)",
         "",
         "| mode | runs | median s | transfers/s | peak RSS MB | worker peak RSS MB | Redis B/account | "
-        "phases, median s | verify s |",
+        "phases, median s | verify s (share) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for s in summaries.values():
-        verify = "" if s.verify_seconds is None else f"{s.verify_seconds:.2f}"
         lines.append(
             f"| {s.mode} | {s.repeats} | {s.seconds:.3f} | {s.transfers_per_second:,.0f} | {_mb(s.peak_rss)} | "
-            f"{_mb(s.worker_peak_rss)} | {s.redis_bytes_per_account:,.0f} | {_phases(s)} | {verify} |"
+            f"{_mb(s.worker_peak_rss)} | {s.redis_bytes_per_account:,.0f} | {_phases(s)} | {_verify(s)} |"
         )
     lines += ["", "Ratios of median times: " + "; ".join(f"{k} **{v:.1f}x**" for k, v in ratios(summaries).items())]
+    if retention := size.get("retention"):
+        after, peak, accounts = retention["after"], retention["peak"], max(size["accounts"], 1)
+        lines += ["", f"Redis over {retention['runs']} local runs in a row (retention keeps {retention['retained']}): "
+                  + "; ".join(f"after run {i + 1} {_mb(a)} MB (peak {_mb(p)} MB)"
+                              for i, (a, p) in enumerate(zip(after, peak, strict=True)))
+                  + f". With two runs retained: {after[1] / accounts:,.0f} B/account; the peak while the next run "
+                  f"is written before retention: {peak[-1] / accounts:,.0f} B/account."]
+    if "dag" in summaries:
+        lines += ["", render_tasks(summaries["dag"])]
     if size.get("notes"):
         lines += ["", *(f"- {note}" for note in size["notes"])]
+    return "\n".join(lines)
+
+
+def render_tasks(dag: ModeSummary) -> str:
+    """The dag mode's median seconds per task and part of its wall time."""
+    parts = [p for p in DAG_PARTS if any(p in t for t in dag.tasks.values())]
+    lines = [f"`fx_extract` through Airflow by task (median of {dag.repeats}, seconds; from the upstream task's "
+             f"end to this task's end; trigger to success {dag.seconds:.1f} s):", "",
+             "| task | " + " | ".join(parts) + " | total |", "| --- |" + " ---: |" * (len(parts) + 1)]
+    for task, times in dag.tasks.items():
+        cells = " | ".join(f"{times[p]:.2f}" if p in times else "" for p in parts)
+        lines.append(f"| {task} | {cells} | {sum(times.values()):.2f} |")
+    totals = " | ".join(f"{sum(t.get(p, 0.0) for t in dag.tasks.values()):.2f}" for p in parts)
+    lines.append(f"| **all** | {totals} | {sum(sum(t.values()) for t in dag.tasks.values()):.2f} |")
     return "\n".join(lines)
 
 
@@ -146,6 +214,64 @@ def render_profile(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _size(results: dict[str, Any], transactions: int) -> dict[str, ModeSummary] | None:
+    """The summaries of the generated graph of ``transactions``, if it was measured."""
+    found = [size for size in results["sizes"] if size["transactions"] == transactions and not size.get("name")]
+    return summarise(found[0]["runs"]) if found else None
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _floor_target(results: dict[str, Any], transactions: int, limit: float) -> list[str]:
+    """The distributed-2 / server floor row at one size."""
+    target = f"{transactions:,}: distributed-2 <= {limit}x the server floor (plan to verified and live)"
+    summaries = _size(results, transactions)
+    if not summaries or not {"distributed-2", "floor-redis-cli"} <= set(summaries):
+        return [target, "not measured", ""]
+    d2, floor = summaries["distributed-2"], summaries["floor-redis-cli"]
+    ratio = d2.seconds / floor.seconds
+    gap = "" if ratio <= limit else f"; the gap: {d2.seconds - limit * floor.seconds:.2f} s"
+    return [target, f"{ratio:.1f}x ({d2.seconds:.2f} s against {floor.seconds:.2f} s{gap})", _verdict(ratio <= limit)]
+
+
+def targets(results: dict[str, Any]) -> list[list[str]]:
+    """Issue 10's targets as ``[target, measured, verdict]`` rows, from what this run measured."""
+    rows = [_floor_target(results, 100_000, TARGET_FLOOR_100K), _floor_target(results, 1_000_000, TARGET_FLOOR_1M)]
+    million = _size(results, 1_000_000) or {}
+    share = million["distributed-2"].verify_share if "distributed-2" in million else None
+    rows.append([f"1,000,000: verification <= {TARGET_VERIFY_SHARE:.0%} of the distributed-2 run",
+                 "not measured" if share is None else f"{share:.1%} ({million['distributed-2'].verify_seconds:.2f} s)",
+                 "" if share is None else _verdict(share <= TARGET_VERIFY_SHARE)])
+    small = _size(results, 500) or {}
+    dag = small.get("dag")
+    rows.append([f"500: a run through Airflow <= {TARGET_DAG_SECONDS:.0f} s trigger to success",
+                 "not measured" if dag is None else f"{dag.seconds:.1f} s (median of {dag.repeats})",
+                 "" if dag is None else _verdict(dag.seconds <= TARGET_DAG_SECONDS)])
+    hundred = _size(results, 100_000) or {}
+    for mode in ("local", "distributed-2"):
+        if mode in hundred:
+            per_account = hundred[mode].redis_bytes_per_account
+            rows.append([f"100,000: Redis per account for one run ({mode}) <= about {TARGET_BYTES_PER_ACCOUNT / KB} KB",
+                         f"{per_account / KB:.2f} KB", _verdict(per_account <= TARGET_BYTES_PER_ACCOUNT)])
+    rss = [(size_title(size), summaries["distributed-2"].worker_peak_rss) for size in results["sizes"]
+           if "distributed-2" in (summaries := summarise(size["runs"]))]
+    if rss:
+        values = [v for _, v in rss if v]
+        bounded = max(values) <= RSS_BOUND * min(values)
+        rows.append(["worker peak RSS bounded by batch size (distributed-2, every size)",
+                     "; ".join(f"{name} {_mb(v)} MB" for name, v in rss), _verdict(bounded)])
+    return rows
+
+
+def render_targets(results: dict[str, Any]) -> str:
+    lines = ["## Targets (issue 10)", "", "Ratios are of medians measured side by side in this run.", "",
+             "| target | measured | verdict |", "| --- | --- | --- |"]
+    lines += [f"| {' | '.join(row)} |" for row in targets(results)]
+    return "\n".join(lines)
+
+
 def render(results: dict[str, Any], plot_name: str = "benchmarks.png") -> str:
     """The generated part of ``docs/benchmarks.md``."""
     machine = results["machine"]
@@ -157,7 +283,8 @@ def render(results: dict[str, Any], plot_name: str = "benchmarks.png") -> str:
         "runs shown; the modes of one size run interleaved (one repeat of every mode, then the next), so "
         "noise on this shared machine hits them alike. Peak RSS is per process (`wait4`); Redis bytes per "
         "account is the growth of `used_memory` over the run divided by the accounts, so it includes the "
-        "transfer records.",
+        "transfer records and the run's plan and manifest (small sizes are dominated by noise from the "
+        "stack's other Redis users).",
         "",
         "| cores | memory | CPU | Python | Neo4j | Redis |",
         "| ---: | ---: | --- | --- | --- | --- |",
@@ -172,6 +299,7 @@ def render(results: dict[str, Any], plot_name: str = "benchmarks.png") -> str:
         "",
     ]
     lines += [f"- {note}" for note in results.get("notes", [])]
+    lines += ["", render_targets(results)]
     for size in results["sizes"]:
         lines += ["", render_size(size)]
     if results.get("profile"):
@@ -195,13 +323,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    per_size = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"]]
+    generated = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if not size.get("name")]
+    named = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if size.get("name")]
     for mode in MODES:
-        points = [(n, s[mode].seconds) for n, s in per_size if mode in s]
+        points = [(n, s[mode].seconds) for n, s in generated if mode in s]
         if points:
             xs, ys = zip(*points, strict=True)
-            axes.plot(xs, ys, marker="o", linestyle="--" if mode in FLOORS else "-", label=mode)
-    axes.set(xscale="log", yscale="log", xlabel="transactions", ylabel="median wall time, s",
+            [line] = axes.plot(xs, ys, marker="o", linestyle="--" if mode in FLOORS else "-", label=mode)
+            for n, s in named:
+                if mode in s:
+                    axes.plot([n], [s[mode].seconds], marker="*", markersize=11, color=line.get_color())
+    axes.set(xscale="log", yscale="log", xlabel="transactions (stars: AMLSim)", ylabel="median wall time, s",
              title=f"fx extraction time ({results['machine']['cores']} cores, seed {results['seed']})")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()

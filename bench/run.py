@@ -1,21 +1,27 @@
 """The benchmark: for each size, generate and load a graph, then time every mode side by side.
 
-``python -m bench.run --sizes 500,10000,100000`` (``make bench``; ``make bench-full`` adds 1M) writes
-``bench/results/bench-<time>.json``, ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+``python -m bench.run --sizes 500,10000,100000,amlsim`` (``make bench``; ``make bench-full`` adds 1M)
+writes ``bench/results/bench-<time>.json``, ``docs/benchmarks.md`` and ``docs/benchmarks.png``. A size
+is a number of generated transactions, or ``amlsim``: the denser AMLSim graph in ``../shared/data``.
 
 It uses Redis database 1 and the key prefix ``fxbench`` (``FX__REDIS__DB`` / ``FX__REDIS__PREFIX``
 override them) and per-run Kafka topics and consumer groups, so it leaves other users of the stack
-alone; but loading a graph replaces the one in Neo4j.
+alone; but loading a graph replaces the one in Neo4j (default labels), and the ``dag`` mode runs
+``fx_extract`` on the stack's own Airflow and workers, which write to the stack's Redis db and prefix.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import shutil
 import sys
+import threading
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from bench import report
+from bench.dag import stack_settings, stale_workers
 from bench.floor import prepare_records
-from bench.measure import BenchError, run_child
+from bench.measure import BENCH_ENV, BenchError, run_child
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.engine.graph import Cypher, open_driver
 from fx_workers.store.client import open_redis
@@ -32,15 +39,21 @@ from fx_workers.tools.generate import END_TS, write_csv
 from fx_workers.tools.load import load_csv
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import redis
 
     from fx_workers.config import Settings
 
-BENCH_ENV = {"FX__REDIS__DB": "1", "FX__REDIS__PREFIX": "fxbench"}
-"""Defaults for this process and its children; the environment overrides them."""
 RESULTS = REPO_ROOT / "bench" / "results"
 DOCS = REPO_ROOT / "docs"
 NAIVE_MAX = 100_000
+AMLSIM = "amlsim"
+AMLSIM_FILE = REPO_ROOT.parent / "shared" / "data" / "amlsim" / "amlsim_native.csv.gz"
+"""IBM AMLSim's graph in the native CSV format, gzipped (``fx load`` reads plain CSV only)."""
+RETAINED_RUNS = 3
+"""Local runs in a row for the retention measurement: the third is written while two are retained."""
+MEMORY_POLL_SECONDS = 0.05
 ATTEMPTS = 3
 FINGERPRINT = "MATCH (:{A})-[t:{T}]->(:{A}) RETURN count(t) AS transfers, sum(t.{ts}) AS ts_sum"
 PROFILE_MAX = 100_000
@@ -74,15 +87,32 @@ def clear_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*batch)
 
 
-class BenchGraph:
-    """The generated graph of one size in the shared Neo4j; loaded again whenever another process replaced it."""
+def graph_file(size: str, seed: int) -> tuple[Path, int, int]:
+    """The CSV of a size (written once under ``bench/results/data``), its transfers, and the ``as_of``
+    that counts every one of them."""
+    data = RESULTS / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    if size == AMLSIM:
+        path = data / AMLSIM_FILE.name.removesuffix(".gz")
+        if not path.exists():
+            with gzip.open(AMLSIM_FILE, "rb") as packed, path.open("wb") as plain:
+                shutil.copyfileobj(packed, plain)
+        timestamps = [int(line.split(b",")[4]) for line in path.read_bytes().splitlines()[1:] if line]
+        return path, len(timestamps), max(timestamps)
+    transactions = int(size)
+    path = data / f"transactions-{transactions}-seed{seed}.csv"
+    if not path.exists():
+        write_csv(path, transactions=transactions, seed=seed)
+    return path, transactions, END_TS
 
-    def __init__(self, settings: Settings, transactions: int, seed: int) -> None:
+
+class BenchGraph:
+    """The graph of one size in the shared Neo4j; loaded again whenever another process replaced it."""
+
+    def __init__(self, settings: Settings, size: str, seed: int) -> None:
         self.settings = settings
-        self.transactions = transactions
-        self.path = RESULTS / "data" / f"transactions-{transactions}-seed{seed}.csv"
-        if not self.path.exists():
-            write_csv(self.path, transactions=transactions, seed=seed)
+        self.size = size
+        self.path, self.transactions, self.as_of = graph_file(size, seed)
         self.accounts = 0
         self.load_seconds = 0.0
         self.reloads = 0
@@ -105,7 +135,7 @@ class BenchGraph:
     def replaced(self) -> bool:
         return self._read_fingerprint() != self._fingerprint
 
-    def measure(self, mode: str, client: redis.Redis, extra: list[str]) -> dict[str, Any]:
+    def measure(self, mode: str, client: redis.Redis, extra: list[str], *, clear: bool = True) -> dict[str, Any]:
         """:func:`measure` on this graph; when another process replaced it meanwhile, load it and measure again.
 
         :raises BenchError: when the run fails on an unchanged graph, or the graph keeps changing
@@ -116,7 +146,8 @@ class BenchGraph:
                 self.reloads += 1
                 self.load()
             try:
-                run = measure(mode, self.settings, client, extra=extra, expected=(self.accounts, self.transactions))
+                run = measure(mode, self.settings, client, extra=extra, as_of=self.as_of,
+                              expected=(self.accounts, self.transactions), clear=clear)
             except BenchError:
                 if not self.replaced():
                     raise
@@ -126,32 +157,74 @@ class BenchGraph:
         raise BenchError(f"the graph was replaced during each of {ATTEMPTS} runs of {mode}")
 
 
-def measure(mode: str, settings: Settings, client: redis.Redis, *, extra: list[str],
-            expected: tuple[int, int]) -> dict[str, Any]:
-    """One run of ``mode`` in a child process: its measurement, peak RSS and Redis growth.
+@contextmanager
+def peak_memory(client: redis.Redis) -> Iterator[list[int]]:
+    """Sample ``used_memory`` in a thread while in the block; the list holds the largest seen once it ends."""
+    peak = [client.info("memory")["used_memory"]]
+    stop = threading.Event()
 
+    def sample() -> None:
+        while not stop.wait(MEMORY_POLL_SECONDS):
+            peak[0] = max(peak[0], client.info("memory")["used_memory"])
+
+    sampler = threading.Thread(target=sample, name="bench-memory", daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+        peak[0] = max(peak[0], client.info("memory")["used_memory"])
+
+
+def measure(mode: str, settings: Settings, client: redis.Redis, *, extra: list[str], as_of: int,
+            expected: tuple[int, int], clear: bool = True) -> dict[str, Any]:
+    """One run of ``mode`` in a child process: its measurement, peak RSS and Redis growth (at the end,
+    and at its peak).
+
+    :param clear: delete the bench prefix's keys first, defaults to True
     :raises BenchError: when the child fails, or saw other than the ``expected`` (accounts, transfers)
     """
-    clear_prefix(client, settings.redis.prefix)
+    if clear:
+        clear_prefix(client, settings.redis.prefix)
     before = client.info("memory")["used_memory"]
-    argv = [sys.executable, "-m", "bench.modes", mode, "--as-of", str(END_TS), "--run-id",
+    argv = [sys.executable, "-m", "bench.modes", mode, "--as-of", str(as_of), "--run-id",
             f"bench-{mode}-{uuid.uuid4().hex[:6]}", *extra]
-    measurement, peak_rss = run_child(argv)
-    redis_bytes = client.info("memory")["used_memory"] - before
+    with peak_memory(client) as peak:
+        measurement, peak_rss = run_child(argv)
+    grown = client.info("memory")["used_memory"] - before
     found = (measurement["accounts"], measurement["transfers"])
     if found != expected:
         raise BenchError(f"{mode} saw {found} (accounts, transfers); the loaded graph has {expected}")
     print(f"  {mode}: {measurement['seconds']:.3f} s, peak RSS {peak_rss / report.MB:.0f} MB", file=sys.stderr)
-    return {"mode": mode, **measurement, "peak_rss": peak_rss, "redis_bytes": redis_bytes}
+    return {"mode": mode, **measurement, "peak_rss": peak_rss,
+            "redis_bytes": grown if measurement["redis_bytes"] is None else measurement["redis_bytes"],
+            "redis_peak_bytes": peak[0] - before}
 
 
-def bench_size(settings: Settings, client: redis.Redis, transactions: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Load one size, then run every mode ``args.repeats`` times, interleaved."""
-    print(f"{transactions} transactions: generating and loading", file=sys.stderr)
-    graph = BenchGraph(settings, transactions, args.seed)
+def retention(graph: BenchGraph, client: redis.Redis) -> dict[str, Any]:
+    """Redis growth over :data:`RETAINED_RUNS` local runs in a row (retention keeps two): after each run,
+    and the peak during each, from before the first."""
+    settings = graph.settings
+    clear_prefix(client, settings.redis.prefix)
+    before = client.info("memory")["used_memory"]
+    after, peaks = [], []
+    for _ in range(RETAINED_RUNS):
+        start = client.info("memory")["used_memory"] - before
+        run = graph.measure("local", client, [], clear=False)
+        peaks.append(start + run["redis_peak_bytes"])
+        after.append(client.info("memory")["used_memory"] - before)
+    return {"runs": RETAINED_RUNS, "retained": settings.retention.runs, "after": after, "peak": peaks}
+
+
+def bench_size(settings: Settings, client: redis.Redis, size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Load one size, then run every mode ``args.repeats`` times, interleaved; then the retention runs."""
+    print(f"{size}: preparing and loading", file=sys.stderr)
+    graph = BenchGraph(settings, size, args.seed)
     graph.load()
-    records = RESULTS / "data" / f"records-{transactions}-seed{args.seed}.npz"
-    prepare_records(settings, END_TS, records)
+    transactions = graph.transactions
+    records = RESULTS / "data" / f"records-{graph.path.stem}.npz"
+    prepare_records(settings, graph.as_of, records)
     modes = {"local": [], "floor-redis-cli": ["--records", str(records)], "floor-redis-py": ["--records", str(records)]}
     notes = []
     if transactions <= args.naive_max:
@@ -159,38 +232,60 @@ def bench_size(settings: Settings, client: redis.Redis, transactions: int, args:
     else:
         notes.append(f"naive not run: it is only measured up to {args.naive_max:,} transactions")
     modes |= {f"distributed-{k}": [] for k in args.workers}
+    if size in args.dag_sizes:
+        if problem := stale_workers(stack_settings()):
+            notes.append(f"dag not run: {problem}")
+        else:
+            modes["dag"] = []
     runs = []
+    dag_failures = 0
     for repeat in range(args.repeats):
-        print(f"{transactions} transactions: repeat {repeat + 1} of {args.repeats}", file=sys.stderr)
-        for mode, extra in modes.items():
-            runs.append({"repeat": repeat, **graph.measure(mode, client, extra)})
-    size = {"transactions": transactions, "accounts": graph.accounts, "load_seconds": graph.load_seconds,
-            "runs": runs, "notes": notes}
-    if transactions == args.profile_size:
-        path = RESULTS / f"profile-local-{transactions}.prof"
+        print(f"{size}: repeat {repeat + 1} of {args.repeats}", file=sys.stderr)
+        for mode, extra in list(modes.items()):
+            try:
+                runs.append({"repeat": repeat, **graph.measure(mode, client, extra)})
+            except BenchError as exc:
+                if mode != "dag":
+                    raise
+                dag_failures += 1
+                notes.append(f"a dag run failed (the stack's Airflow is shared), not counted: {exc}")
+                if dag_failures == ATTEMPTS:
+                    notes.append(f"dag dropped at this size after {ATTEMPTS} failed runs")
+                    del modes["dag"]
+    result = {"name": size if size == AMLSIM else None, "transactions": transactions, "accounts": graph.accounts,
+              "as_of": graph.as_of, "load_seconds": graph.load_seconds, "runs": runs, "notes": notes,
+              "retention": retention(graph, client)}
+    if size == args.profile_size:
+        path = RESULTS / f"profile-local-{size}.prof"
         run = graph.measure("local", client, ["--profile", str(path)])
-        size["profile"] = {"transactions": transactions, "seconds": run["seconds"], "top": report.top_functions(path)}
+        result["profile"] = {"transactions": transactions, "seconds": run["seconds"], "top": report.top_functions(path)}
     if graph.reloads:
         notes.append(f"another process replaced the graph {graph.reloads} time(s); it was loaded again and the "
                      "affected runs repeated")
-    return size
+    return result
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="500,10000,100000", help="transactions per graph, comma separated")
+    parser.add_argument("--sizes", default="500,10000,100000,amlsim",
+                        help=f"transactions per generated graph, or {AMLSIM}, comma separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each mode per size")
     parser.add_argument("--workers", default="1,2,4", help="distributed worker counts; empty for none")
+    parser.add_argument("--dag-sizes", default="500,100000", help="sizes the dag mode runs at; empty for none")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--naive-max", type=int, default=NAIVE_MAX, help="largest size the naive mode runs at")
-    parser.add_argument("--profile-size", type=int, help="size to profile, defaults to the largest up to 100k")
+    parser.add_argument("--profile-size", help="size to profile, defaults to the largest number up to 100k")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the docs from a results file")
     args = parser.parse_args(argv)
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if bad := [s for s in args.sizes if s != AMLSIM and not s.isdigit()]:
+        parser.error(f"--sizes takes numbers or {AMLSIM}. Got {bad}")
     args.workers = [int(k) for k in args.workers.split(",") if k]
+    args.dag_sizes = {s.strip() for s in args.dag_sizes.split(",") if s.strip()}
     if args.profile_size is None:
-        args.profile_size = max((s for s in args.sizes if s <= PROFILE_MAX), default=None)
+        args.profile_size = str(max((int(s) for s in args.sizes if s.isdigit() and int(s) <= PROFILE_MAX),
+                                    default="")) or None
     return args
 
 
@@ -217,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": [],
         }
         path = RESULTS / f"bench-{started:%Y%m%dT%H%M%S}.json"
-        for transactions in args.sizes:
-            size = bench_size(settings, client, transactions, args)
+        for name in args.sizes:
+            size = bench_size(settings, client, name, args)
             if "profile" in size:
                 results["profile"] = size.pop("profile")
             results["sizes"].append(size)

@@ -10,13 +10,16 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fx_workers.config import load_settings
-from fx_workers.sink import FeatureReader, open_redis
+from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.reader import FeatureReader
+from fx_workers.store.runs import RunRegistry
 from fx_workers.tools.stack import AirflowApi, airflow_home, api_url, passwords_file
 
 if TYPE_CHECKING:
@@ -63,17 +66,21 @@ def follow(api: AirflowApi, run_id: str, logs: Path) -> str:
         time.sleep(1)
 
 
-def show_result(settings: Settings, run_id: str) -> None:
-    reader = FeatureReader(open_redis(settings.redis), RedisKeys(settings.redis.prefix))
-    manifest = reader.manifest(run_id)
-    print(f"demo: run manifest {RedisKeys(settings.redis.prefix).run(run_id)}:")
-    for key in ("status", "as_of", "accounts", "transfers", "batches", "wait_seconds", "aggregate_seconds"):
-        print(f"demo:   {key:<17} {manifest.get(key)}")
-    ids = sorted(key.decode().rsplit(":", 1)[1] for key in reader.client.scan_iter(
-        RedisKeys(settings.redis.prefix).node("*"), count=1000))[:SHOWN_ACCOUNTS]
+def show_result(settings: Settings, dag_run_id: str) -> None:
+    """The manifest of the fx run this DAG run made, and a few accounts' features as readers get them."""
+    client, keys = open_redis(settings.redis), RedisKeys(settings.redis.prefix)
+    registry = RunRegistry(client, keys)
+    run = next((r for r in registry.list() if r.get("dag_run_id") == dag_run_id), None)
+    if run is None:
+        print(f"demo: no run manifest names DAG run {dag_run_id} (fx runs list)")
+        return
+    print(f"demo: run manifest {keys.run(run.run_id)} ({keys.latest} = {registry.latest()}):")
+    for key in ("status", "as_of", "accounts_written", "transfers", "batches", "wait_seconds", "drift_verdict"):
+        print(f"demo:   {key:<17} {run.get(key)}")
+    ids = sorted(json.loads(client.get(keys.of_run(run.run_id).plan_batch(0))))[:SHOWN_ACCOUNTS]
     print(f"demo: features of {len(ids)} accounts (all of them: fx features get ID):")
     print("demo:   " + "account".ljust(10) + "".join(name.rjust(16) for name in SHOWN_FEATURES))
-    for node_id, record in zip(ids, reader.nodes(ids), strict=True):
+    for node_id, record in zip(ids, FeatureReader(client, keys, run.run_id).nodes(ids), strict=True):
         print("demo:   " + node_id.ljust(10) + "".join(f"{record[name]:>16.6g}" for name in SHOWN_FEATURES))
 
 
@@ -86,7 +93,10 @@ def main() -> int:
     run_id = json.loads(out.strip().splitlines()[-1])[0]["dag_run_id"]
     print(f"demo: triggered {DAG_ID} run {run_id} (a scheduled run may go first: max_active_runs=1)")
     state = follow(api, run_id, airflow_home(settings) / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}")
-    print(f"demo: run {run_id} {state} after {time.monotonic() - started:.0f} s")
+    run = api.request(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}")
+    queued, ended = (datetime.fromisoformat(run[k]).timestamp() for k in ("queued_at", "end_date"))
+    print(f"demo: run {run_id} {state} after {time.monotonic() - started:.0f} s "
+          f"({ended - queued:.1f} s from trigger to end, by Airflow's timestamps)")
     if state == "success":
         report = api.request(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances/verify/xcomEntries/"
                              "return_value")["value"]

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import cProfile
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from hypothesis import given, settings
 
 from bench import report
-from bench.floor import resp_commands
+from bench.dag import TRIGGER, log_parts, task_breakdown
+from bench.floor import load_records, resp_commands
 from bench.measure import PhaseClock
 from bench.naive import Leg, core_edge_features, core_node_features
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.writer import encode_row
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
 from tests.reference import Reference, Transfer
 
@@ -68,6 +72,17 @@ def test_phase_clock_is_exclusive_and_an_opaque_phase_swallows_its_callees() -> 
     assert dict(clock.seconds) == {"outer": 2.0, "inner": 1.0, "verify": 1.0}
 
 
+def test_phase_clock_times_a_call_from_another_thread_whole_and_apart() -> None:
+    ticks = iter(range(100))
+    clock = PhaseClock(now=lambda: float(next(ticks)))
+    read = clock.wrap("neo4j", lambda: None)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    clock.wrap("compute", lambda: None)()
+    assert dict(clock.seconds) == {"neo4j (thread)": 1.0, "compute": 1.0}
+
+
 def test_phase_clock_patch_restores_the_original() -> None:
     class Owner:
         @staticmethod
@@ -83,7 +98,8 @@ def test_phase_clock_patch_restores_the_original() -> None:
 
 def run(mode: str, seconds: float, **extra: Any) -> dict[str, Any]:
     return {"mode": mode, "seconds": seconds, "accounts": 10, "transfers": 100, "phases": {"neo4j": seconds / 2},
-            "verify_seconds": None, "worker_peak_rss": [], "peak_rss": 100 * report.MB, "redis_bytes": 5000} | extra
+            "verify_seconds": None, "worker_peak_rss": [], "peak_rss": 100 * report.MB, "redis_bytes": 5000,
+            "redis_peak_bytes": 6000, "tasks": {}} | extra
 
 
 def test_summarise_takes_medians_and_the_largest_rss() -> None:
@@ -109,6 +125,18 @@ def test_ratios_only_between_measured_modes() -> None:
     }
 
 
+def test_ratios_compare_the_dag_with_distributed_2() -> None:
+    summaries = report.summarise([run("distributed-2", 2.0), run("dag", 15.0)])
+    assert report.ratios(summaries) == {"dag / distributed-2": 7.5}
+
+
+def test_dag_tasks_take_medians_per_part_and_count_a_missing_part_as_zero() -> None:
+    runs = [run("dag", 10.0, tasks={"plan": {"queue": 1.0, "execute": 2.0}}),
+            run("dag", 12.0, tasks={"plan": {"queue": 3.0}}),
+            run("dag", 11.0, tasks={"plan": {"queue": 2.0, "execute": 4.0}})]
+    assert report.summarise(runs)["dag"].tasks == {"plan": {"queue": 2.0, "execute": 2.0}}
+
+
 def results() -> dict[str, Any]:
     return {
         "command": "python -m bench.run --sizes 500", "finished_at": "2025-01-01T00:00:00+00:00", "seed": 7,
@@ -118,7 +146,7 @@ def results() -> dict[str, Any]:
         "sizes": [{"transactions": 500, "accounts": 62, "runs": [run("naive", 2.0), run("local", 0.5)],
                    "notes": ["naive not run above 100k"]}],
         "profile": {"transactions": 500, "seconds": 0.9,
-                    "top": [{"function": "fx_workers/sink.py:60(_write_hashes)", "calls": 4, "own_seconds": 0.2,
+                    "top": [{"function": "fx_workers/store/writer.py:74(_write_part)", "calls": 4, "own_seconds": 0.2,
                              "cumulative_seconds": 0.3}]},
     }
 
@@ -130,7 +158,7 @@ def test_render_has_the_machine_a_table_per_size_the_ratios_and_the_profile() ->
     assert "| local | 1 | 0.500 | 200 | 100 |  | 500 | neo4j 0.25 |  |" in text
     assert "naive / local **4.0x**" in text
     assert "- naive not run above 100k" in text
-    assert "| `fx_workers/sink.py:60(_write_hashes)` | 4 | 0.20 | 0.30 |" in text
+    assert "| `fx_workers/store/writer.py:74(_write_part)` | 4 | 0.20 | 0.30 |" in text
 
 
 def test_write_doc_keeps_the_notes_below_the_marker(tmp_path: Path) -> None:
@@ -157,6 +185,92 @@ def test_top_functions_reads_a_cprofile_dump(tmp_path: Path) -> None:
 
 
 def test_resp_commands_encode_one_hset_per_record() -> None:
-    [command] = resp_commands([("fx:node_features:A1", {"out_count": "2.0", "_as_of": "5"})])
-    assert command == (b"*6\r\n$4\r\nHSET\r\n$19\r\nfx:node_features:A1\r\n"
-                       b"$9\r\nout_count\r\n$3\r\n2.0\r\n$6\r\n_as_of\r\n$1\r\n5\r\n")
+    [command] = resp_commands([("fx:r1:node_features:A1", {"out_count": "2.0", "in_count": "5"})])
+    assert command == (b"*6\r\n$4\r\nHSET\r\n$22\r\nfx:r1:node_features:A1\r\n"
+                       b"$9\r\nout_count\r\n$3\r\n2.0\r\n$8\r\nin_count\r\n$1\r\n5\r\n")
+
+
+def test_render_shows_the_verification_share_redis_with_retained_runs_and_the_dag_tasks() -> None:
+    data = results()
+    data["sizes"][0]["runs"] = [run("local", 2.0, verify_seconds=0.5),
+                                run("dag", 15.0, tasks={"plan": {"queue": 1.0, "execute": 2.0},
+                                                        "verify": {"execute": 3.0}})]
+    data["sizes"][0]["retention"] = {"runs": 3, "retained": 2, "after": [62_000, 124_000, 124_000],
+                                     "peak": [62_000, 124_000, 186_000]}
+    text = report.render(data)
+    assert "| local | 1 | 2.000 | 50 | 100 |  | 500 | neo4j 1.00 | 0.50 (25%) |" in text
+    assert "With two runs retained: 2,000 B/account; the peak while the next run is written before retention: " \
+           "3,000 B/account." in text
+    assert "| task | queue | execute | total |" in text
+    assert "| plan | 1.00 | 2.00 | 3.00 |" in text
+    assert "| verify |  | 3.00 | 3.00 |" in text
+    assert "| **all** | 1.00 | 5.00 | 6.00 |" in text
+
+
+def size(transactions: int, *runs: dict[str, Any]) -> dict[str, Any]:
+    return {"transactions": transactions, "accounts": 10, "runs": list(runs), "notes": []}
+
+
+def test_targets_give_ratios_gaps_shares_and_verdicts() -> None:
+    data = {"sizes": [
+        size(500, run("dag", 18.0), run("distributed-2", 1.0, worker_peak_rss=[100 * report.MB])),
+        size(100_000, run("distributed-2", 3.0, worker_peak_rss=[120 * report.MB], redis_bytes=60_000),
+             run("floor-redis-cli", 1.0)),
+        size(1_000_000, run("distributed-2", 30.0, verify_seconds=2.0, worker_peak_rss=[200 * report.MB]),
+             run("floor-redis-cli", 20.0)),
+    ]}
+    assert [row[1:] for row in report.targets(data)] == [
+        ["3.0x (3.00 s against 1.00 s; the gap: 0.50 s)", "**missed**"],  # 100k, distributed-2 / floor
+        ["1.5x (30.00 s against 20.00 s)", "**met**"],  # 1M
+        ["6.7% (2.00 s)", "**met**"],  # verification's share at 1M
+        ["18.0 s (median of 1)", "**met**"],  # dag at 500
+        ["6.00 KB", "**missed**"],  # Redis per account at 100k, distributed-2 (local not measured)
+        ["500 transactions 100 MB; 100,000 transactions 120 MB; 1,000,000 transactions 200 MB", "**missed**"],
+    ]
+
+
+def test_targets_say_what_was_not_measured() -> None:
+    rows = report.targets({"sizes": [size(500, run("local", 1.0))]})
+    assert [row[1:] for row in rows[:4]] == [["not measured", ""]] * 4
+
+
+LOG = [
+    (0.0, "::group::Pre Execute"), (2.0, "Worker startup parse complete"), (2.1, "::endgroup::"),
+    (3.0, "::group::Post Execute"), (3.1, "Pausing task as DEFERRED. "), (3.2, "::endgroup::"),
+    (4.0, f"{TRIGGER}trigger fx_extract/r/wait_for_workers/-1/1 (ID 1) starting"), (9.0, f"{TRIGGER}progress"),
+    (10.0, f"{TRIGGER}trigger completed"), (11.5, "::group::Pre Execute"), (11.8, "Worker startup parse complete"),
+    (12.0, "::group::Post Execute"), (12.25, "::endgroup::"),
+]
+"""A deferred task's log lines and its trigger's, as :func:`bench.dag.task_log` merges them."""
+
+
+def test_log_parts_split_a_deferred_task_into_processes_and_the_trigger() -> None:
+    parts = log_parts(LOG)
+    assert {k: round(v, 6) for k, v in parts.items()} == {
+        "startup": 2.3, "execute": 1.2, "post": 0.35, "to trigger": 0.9, "trigger": 6.0, "to resume": 1.5}
+    assert math.isclose(sum(parts.values()), 12.25)
+
+
+def test_task_breakdown_adds_the_scheduler_the_executor_and_the_ends_of_the_process() -> None:
+    ti = {"queued_when": "2026-01-01T00:00:01Z", "start_date": "2026-01-01T00:00:01.5Z",
+          "end_date": "2026-01-01T00:00:15Z"}
+    start = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    log = [(start + 2.0 + at, event) for at, event in LOG]
+    parts = task_breakdown(ti, log, upstream_end=start + 0.25)
+    assert {k: round(v, 6) for k, v in parts.items() if k in ("schedule", "queue", "spawn", "finish")} == {
+        "schedule": 0.75, "queue": 0.5, "spawn": 0.5, "finish": 0.75}
+    assert math.isclose(sum(parts.values()), 15.0 - 0.25)
+
+
+def test_floor_records_are_the_bytes_the_batch_writer_stores(tmp_path: Path) -> None:
+    path = tmp_path / "records.npz"
+    node_values = np.arange(2 * len(NODE_FEATURE_NAMES), dtype=float).reshape(2, -1) / 3
+    edge_values = np.full((1, len(EDGE_FEATURE_NAMES)), 0.1)
+    np.savez(path, node_ids=np.array(["A1", "A:2"]), node_values=node_values, tx_ids=np.array(["T1"]),
+             edge_values=edge_values)
+    records, accounts, transfers = load_records(path, "fxbench", "r1")
+    assert (accounts, transfers) == (2, 1)
+    assert [key for key, _ in records] == ["fxbench:r1:node_features:A1", "fxbench:r1:node_features:A:2",
+                                           "fxbench:r1:edge_features:T1"]
+    assert [v.encode() for v in records[1][1].values()] == encode_row(node_values[1].tolist())
+    assert list(records[2][1]) == list(EDGE_FEATURE_NAMES)
