@@ -29,6 +29,7 @@ from tests.integration.pipeline_env import AS_OF, Slice
 if TYPE_CHECKING:
     import redis
     from confluent_kafka import Message
+    from neo4j import Driver
 
 WORKER_ID = "in-process"
 """One id for every in-process worker here: the next one takes over the static membership at once."""
@@ -76,9 +77,12 @@ def finish(piece: Slice, client: redis.Redis, plan: Plan) -> dict:
 
 
 def test_worker_loop_matches_local_run_and_a_redelivered_batch_changes_nothing(
-        piece: Slice, redis_client: redis.Redis) -> None:
+        piece: Slice, redis_client: redis.Redis, neo4j_driver: Driver) -> None:
     expected = piece.local_snapshot(redis_client)
     plan = plan_and_publish(piece, redis_client, copies=2)
+    graph = piece.settings.graph  # the graph lives on: an account arrives after the plan, and changes nothing
+    neo4j_driver.execute_query(f"CREATE (:{graph.account_label} {{{graph.id_property}: 'arrived-late'}})",
+                               database_=piece.settings.neo4j.database)
 
     worker = Worker(piece.settings, WORKER_ID, max_messages=2 * plan.batches)
     worker.run()
