@@ -143,6 +143,10 @@ class DriftConfig(_Section):
 
 class WorkersConfig(_Section):
     count: int = Field(2, ge=0)
+    """Worker processes of the local stack."""
+    retry_seconds: float = Field(180.0, ge=0)
+    """How long a worker keeps retrying a batch through transient errors (a Neo4j, Redis or broker
+    restart) before it reports the batch failed; delays double from 1 s up to 15 s."""
 
 
 class AirflowConfig(_Section):
