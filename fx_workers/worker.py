@@ -44,6 +44,8 @@ from fx_workers.store.runs import RunRegistry, RunStatus
 from fx_workers.store.writer import BatchWriter
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from confluent_kafka import Consumer, Message, Producer
     from neo4j import Driver
     from redis import Redis
@@ -57,6 +59,11 @@ Outgoing = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 HEALTH_INTERVAL_SECONDS = 5.0
 DELIVERY_TIMEOUT_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 15.0
+MAX_POLL_INTERVAL_SECONDS = 600.0
+"""Kafka's ``max.poll.interval.ms``: the longest a batch may take before the group reassigns it."""
+QUIET_POLL_SECONDS = 30.0
+"""The health key goes stale when the loop has not polled for this long outside a batch."""
 
 
 class DeliveryError(RuntimeError):
@@ -84,15 +91,25 @@ class WorkerStats:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: lost Neo4j connections or transactions, retriable Kafka errors."""
+    """Errors worth retrying: a lost Neo4j or Redis connection (a restart), retriable Kafka errors."""
     from confluent_kafka import KafkaException
     from neo4j.exceptions import DriverError, Neo4jError
+    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
     if isinstance(exc, DriverError | Neo4jError):
         return exc.is_retryable()
     if isinstance(exc, KafkaException):
         return exc.args[0].retriable()
-    return isinstance(exc, DeliveryError)
+    return isinstance(exc, DeliveryError | ConnectionError | TimeoutError | BusyLoadingError)
+
+
+def retry_delays(first: float, total: float, cap: float = MAX_BACKOFF_SECONDS) -> Iterator[float]:
+    """Delays that double from ``first`` up to ``cap`` while their sum stays within ``total``."""
+    spent, delay = 0.0, first
+    while spent + delay <= total:
+        yield delay
+        spent += delay
+        delay = min(delay * 2, cap)
 
 
 def default_worker_id() -> str:
@@ -111,8 +128,8 @@ class Worker:
     :param settings: the fx settings
     :param worker_id: the stable id that becomes the static group membership (a container's hostname)
     :param max_messages: exit after this many requests, defaults to never (tests use it)
-    :param attempts: tries per batch before it is declared failed, defaults to 3
-    :param backoff_seconds: the first retry delay, doubled on each retry, defaults to 1
+    :param backoff_seconds: the first retry delay, doubled on each retry (up to 15 s) while the
+        delays stay within ``workers.retry_seconds``, defaults to 1
     """
 
     def __init__(
@@ -121,14 +138,14 @@ class Worker:
         worker_id: str,
         *,
         max_messages: int | None = None,
-        attempts: int = 3,
         backoff_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.max_messages = max_messages
-        self.attempts = attempts
         self.backoff_seconds = backoff_seconds
+        self._polled = time.monotonic()
+        """When the loop last polled; the health key is only refreshed while this is recent."""
         self.stats = WorkerStats(worker_id)
         self.keys = RedisKeys(settings.redis.prefix)
         self._stopping = threading.Event()
@@ -138,41 +155,90 @@ class Worker:
         self._stopping.set()
 
     def run(self) -> None:
-        """Consume until :meth:`stop`, ``max_messages`` or a :class:`ColdStopError`; always close cleanly."""
-        topics = self.settings.kafka.topics
+        """Consume until :meth:`stop`, ``max_messages`` or a :class:`ColdStopError`; always close cleanly.
+
+        No message stops the loop: whatever cannot be processed is dead-lettered and committed; a
+        message whose outcome cannot be delivered is read again after a pause; a fatal consumer error
+        (such as a fenced static member) rebuilds the consumer.
+        """
         consumer, producer = self._consumer(), self._producer()
         driver, redis = open_driver(self.settings.neo4j), open_redis(self.settings.redis)
         health = threading.Thread(target=self._keep_health, args=(redis,), name="health", daemon=True)
         health.start()
-        consumer.subscribe([topics.requests], on_assign=self._log_assignment)
         handled = 0
         log.info("worker %s started: group=%s topic=%s", self.worker_id, self.settings.kafka.consumer_group,
-                 topics.requests)
+                 self.settings.kafka.topics.requests)
         try:
             while not self._stopping.is_set() and (self.max_messages is None or handled < self.max_messages):
                 message = consumer.poll(1.0)
+                self._polled = time.monotonic()
                 if message is None:
                     continue
-                if message.error():
-                    log.warning("consumer error: %s", message.error())
+                if (error := message.error()) is not None:
+                    if error.fatal():
+                        log.error("fatal consumer error, rebuilding the consumer: %s", error)
+                        consumer = self._rebuild(consumer)
+                    else:
+                        log.warning("consumer error: %s", error)
                     continue
-                self._handle(message, driver, redis, producer)
-                self._commit(consumer, message)
-                handled += 1
+                if self._process(message, driver, redis, producer):
+                    consumer = self._commit(consumer, message)
+                    handled += 1
+                else:
+                    self._rewind(consumer, message)
         except ColdStopError:
             log.warning("cold stop: abandoning batch %s uncommitted", self.stats.current)
         finally:
             self._stopping.set()
-            consumer.close()
+            self._close(consumer)
             producer.flush(DELIVERY_TIMEOUT_SECONDS)
             driver.close()
             health.join()
             log.info("worker %s stopped after %d messages: %s", self.worker_id, handled, asdict(self.stats))
 
+    def _process(self, message: Message, driver: Driver, redis: Redis, producer: Producer) -> bool:
+        """Handle one message whatever it holds; False when it must be read again (nothing was concluded)."""
+        try:
+            self._handle(message, driver, redis, producer)
+            return True
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("offset %s of partition %s will be read again in %.0fs: %s", message.offset(),
+                            message.partition(), MAX_BACKOFF_SECONDS, exc)
+                self._stopping.wait(MAX_BACKOFF_SECONDS)
+                return False
+            log.exception("unexpected error on offset %s of partition %s", message.offset(), message.partition())
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            try:
+                self._produce(producer, [self._dead_letter(message, reason)])
+            except DeliveryError:
+                return False
+            return True
+
+    def _rewind(self, consumer: Consumer, message: Message) -> None:
+        """Read ``message`` again next (its outcome was not delivered, so it was not committed)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            consumer.seek(TopicPartition(message.topic(), message.partition(), message.offset()))
+        except KafkaException as exc:  # the partition moved to another member: it reads from the commit
+            log.warning("could not rewind partition %s: %s", message.partition(), exc)
+
+    def _rebuild(self, consumer: Consumer) -> Consumer:
+        self._close(consumer)
+        return self._consumer()
+
+    def _close(self, consumer: Consumer) -> None:
+        try:
+            consumer.close()
+        except Exception as exc:  # a fenced consumer may refuse to close cleanly; it is dropped anyway
+            log.warning("closing the consumer: %s", exc)
+
     def _consumer(self) -> Consumer:
+        """A new member of the group, subscribed to the requests topic."""
         from confluent_kafka import Consumer
 
-        return Consumer({
+        consumer = Consumer({
             "bootstrap.servers": self.settings.kafka.bootstrap_servers,
             "group.id": self.settings.kafka.consumer_group,
             "client.id": client_id(self.worker_id),
@@ -181,8 +247,10 @@ class Worker:
             "auto.offset.reset": "earliest",
             # A static member keeps its partitions while away; this bounds how long a dead one does.
             "session.timeout.ms": 10_000,
-            "max.poll.interval.ms": 600_000,
+            "max.poll.interval.ms": int(MAX_POLL_INTERVAL_SECONDS * 1000),
         })
+        consumer.subscribe([self.settings.kafka.topics.requests], on_assign=self._log_assignment)
+        return consumer
 
     def _producer(self) -> Producer:
         from confluent_kafka import Producer
@@ -219,29 +287,30 @@ class Worker:
         error = None
         if request.schema_version != SCHEMA_VERSION:
             error = f"schema_version must be {SCHEMA_VERSION} (this worker's catalogue). Got {request.schema_version}"
-        attempt = 0
+        attempt, delays = 0, retry_delays(self.backoff_seconds, self.settings.workers.retry_seconds)
         while error is None:
             attempt += 1
             try:
                 self._extract(request, driver, redis, producer, attempt)
                 break
             except Exception as exc:
-                if not is_transient(exc) or attempt >= self.attempts:
-                    error = f"{type(exc).__name__}: {exc} (attempt {attempt} of {self.attempts})"
+                delay = next(delays, None) if is_transient(exc) else None
+                if delay is None:
+                    error = f"{type(exc).__name__}: {exc} (attempt {attempt})"
                     log.exception("batch failed run=%s batch=%d", request.run_id, request.batch_id)
                 else:
-                    delay = self.backoff_seconds * 2 ** (attempt - 1)
-                    log.warning("retrying run=%s batch=%d in %.1fs: %s", request.run_id, request.batch_id,
-                                delay, exc)
-                    time.sleep(delay)
+                    log.warning("retrying run=%s batch=%d in %.1fs (attempt %d): %s", request.run_id,
+                                request.batch_id, delay, attempt, exc)
+                    if self._stopping.wait(delay):
+                        raise ColdStopError("stopped while retrying") from exc
         if error is not None:
             self._fail(request, message, producer, error, attempt)
         self.stats.current = None
 
     def _refusal(self, request: ExtractionRequest, redis: Redis) -> str | None:
         """Why the request must not be computed: a reason to dead-letter it, ``""`` to skip it with a log
-        line (its run is over), or None to compute it. Only a running run's own plan is computed, so a
-        stale or forged request can never write into a published run."""
+        line (its run is over), or None to compute it. Only a batch of a running run's stored plan is
+        computed, so a stale or forged request can never write into a run, published or not."""
         status, plan = RunRegistry(redis, self.keys).fields(request.run_id, "status", "plan")
         if status is None:
             return f"run {request.run_id} does not exist (no manifest at {self.keys.run(request.run_id)})"
@@ -251,6 +320,10 @@ class Worker:
         if status != RunStatus.RUNNING:
             log.info("skipped run=%s batch=%d: the run is %s", request.run_id, request.batch_id, status)
             return ""
+        planned = redis.get(self.keys.of_run(request.run_id).plan_batch(request.batch_id))
+        if planned is None or json.loads(planned) != request.ids:
+            return (f"the ids of batch {request.batch_id} differ from the run's stored plan "
+                    f"({self.keys.of_run(request.run_id).plan_batch(request.batch_id)}): a forged request")
         return None
 
     def _extract(self, request: ExtractionRequest, driver: Driver, redis: Redis, producer: Producer,
@@ -321,20 +394,36 @@ class Worker:
             raise DeliveryError(f"{len(errors)} failed and {pending} unacknowledged of {len(messages)} messages"
                                 f"{where}; first error: {errors[0] if errors else None}")
 
-    def _commit(self, consumer: Consumer, message: Message) -> None:
-        """Commit past ``message``; losing the partition meanwhile only means a harmless redelivery."""
+    def _commit(self, consumer: Consumer, message: Message) -> Consumer:
+        """Commit past ``message``; losing the partition meanwhile only means a harmless redelivery.
+        Returns the consumer to go on with: a new one when this one was fenced or failed fatally."""
         from confluent_kafka import KafkaException
 
         try:
             consumer.commit(message=message, asynchronous=False)
         except KafkaException as exc:
             log.warning("commit of offset %s failed (it will be redelivered): %s", message.offset(), exc)
+            if exc.args[0].fatal():
+                log.error("fatal consumer error, rebuilding the consumer: %s", exc)
+                return self._rebuild(consumer)
+        return consumer
+
+    def consuming(self) -> bool:
+        """Whether the loop is alive: it polled recently, or it is inside a batch that may still finish."""
+        quiet = time.monotonic() - self._polled
+        return quiet < QUIET_POLL_SECONDS or (self.stats.current is not None and quiet < MAX_POLL_INTERVAL_SECONDS)
 
     def _keep_health(self, redis: Redis) -> None:
-        """Rewrite the health key every interval with TTL interval + 1 s until the worker stops."""
+        """Rewrite the health key every interval with TTL interval + 1 s while the loop is consuming, so a
+        stuck or stopped loop shows as unhealthy within seconds."""
         key = self.keys.worker_health(self.worker_id)
         ttl_ms = int((HEALTH_INTERVAL_SECONDS + 1) * 1000)
         while not self._stopping.is_set():
+            if not self.consuming():
+                log.warning("health key %s not refreshed: the loop has not polled for %.0fs", key,
+                            time.monotonic() - self._polled)
+                self._stopping.wait(HEALTH_INTERVAL_SECONDS)
+                continue
             try:
                 redis.set(key, json.dumps(asdict(self.stats) | {"updated": time.time()}), px=ttl_ms)
             except Exception as exc:

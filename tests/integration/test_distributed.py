@@ -3,6 +3,8 @@ not be computed (malformed, of an unknown run, of another plan, of an older cata
 
 from __future__ import annotations
 
+import json
+import random
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -19,7 +21,7 @@ from fx_workers.protocol import (
     header_value,
 )
 from fx_workers.steps.aggregate import aggregate_run
-from fx_workers.steps.plan import Plan, make_plan, request_messages
+from fx_workers.steps.plan import Plan, make_plan, request_messages, stored_batches
 from fx_workers.steps.publish import conclude
 from fx_workers.steps.topics import end_offsets
 from fx_workers.steps.verify import verify_run
@@ -99,31 +101,96 @@ def test_requests_that_must_not_be_computed_go_to_the_dead_letter_topic(piece: S
     settings = piece.settings
     topics = settings.kafka.topics
     plan = plan_and_publish(piece, redis_client, copies=0)
+    batches = dict(stored_batches(redis_client, piece.keys, plan))
     valid = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=0, batches=plan.batches,
-                              as_of=AS_OF, schema_version=SCHEMA_VERSION, ids=["A000001", "A000002"])
+                              as_of=AS_OF, schema_version=SCHEMA_VERSION, ids=batches[0])
     unknown_run = valid.model_copy(update={"run_id": "00000000"})
     other_plan = valid.model_copy(update={"plan": "fedcba9876543210"})
-    stale_schema = valid.model_copy(update={"schema_version": "old", "batch_id": 1})
+    forged_ids = valid.model_copy(update={"ids": ["A000001", "x') DETACH DELETE n //"]})
+    stale_schema = valid.model_copy(update={"schema_version": "old", "batch_id": 1, "ids": batches[1]})
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
     for key, value in ((b"junk", b"\x00 not a request"), (b"unknown", unknown_run.encode()),
-                       (b"other", other_plan.encode()), (b"stale", stale_schema.encode()), (b"ok", valid.encode())):
+                       (b"other", other_plan.encode()), (b"forged", forged_ids.encode()),
+                       (b"stale", stale_schema.encode()), (b"ok", valid.encode())):
         producer.produce(topics.requests, key=key, value=value)
     assert producer.flush(30) == 0
 
-    worker = Worker(settings, WORKER_ID, max_messages=5)
+    worker = Worker(settings, WORKER_ID, max_messages=6)
     worker.run()
-    assert (worker.stats.dead_letters, worker.stats.failed, worker.stats.batches) == (4, 1, 1)
+    assert (worker.stats.dead_letters, worker.stats.failed, worker.stats.batches) == (5, 1, 1)
 
     letters = [DeadLetter.decode(m.value()) for m in read_topic(piece, topics.dead_letter)]
     reasons = {original: letter.reason for letter, original in letters}
     assert "invalid ExtractionRequest" in reasons[b"\x00 not a request"]
     assert "run 00000000 does not exist" in reasons[unknown_run.encode()]
     assert "a stale or forged request" in reasons[other_plan.encode()]
+    assert "differ from the run's stored plan" in reasons[forged_ids.encode()]
     assert "schema_version must be" in reasons[stale_schema.encode()]
     assert all(letter.topic == topics.requests and letter.worker_id == WORKER_ID for letter, _ in letters)
 
     signals = [CompletionSignal.decode(m.value()) for m in read_topic(piece, topics.results)
                if header_value(m.headers(), HEADER_KIND) == "completion"]
     outcomes = {(s.batch_id, s.status, s.accounts) for s in signals if s.run_id == plan.run_id}
-    assert outcomes == {(0, BatchStatus.OK, 2), (1, BatchStatus.FAILED, 0)}
+    assert outcomes == {(0, BatchStatus.OK, len(batches[0])), (1, BatchStatus.FAILED, 0)}
     assert not list(redis_client.scan_iter(piece.keys.of_run("00000000").pattern))
+
+
+def hostile_requests(plan: Plan, count: int, seed: int) -> list[bytes]:
+    """Malformed, oversized, mistyped and forged requests, ``count`` of them, reproducible by ``seed``."""
+    rng = random.Random(seed)
+    valid = json.loads(ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=0, batches=plan.batches,
+                                         as_of=AS_OF, schema_version=SCHEMA_VERSION, ids=["A000001"]).encode())
+    cypher = ["x' }) DETACH DELETE n //", 'a"b', "{x}", "\\u0000", "MATCH (n) DETACH DELETE n", "ü:é", "*"]
+    makers = [
+        lambda: rng.randbytes(rng.randint(0, 3000)),
+        lambda: json.dumps(valid).encode()[: rng.randint(0, 120)],
+        lambda: json.dumps(valid | {"v": rng.choice([0, 1, 3, "2", None])}).encode(),
+        lambda: json.dumps(valid | {rng.choice(["extra", "priority", "__proto__"]): 1}).encode(),
+        lambda: json.dumps(valid | {"batches": rng.choice([-1, 0, 10**18, 2**63])}).encode(),
+        lambda: json.dumps(valid | {"batch_id": rng.choice([-5, 10**12, 1.5, "0"])}).encode(),
+        lambda: json.dumps(valid | {"ids": [f"A{i}" for i in range(50_001)]}).encode(),
+        lambda: json.dumps(valid | {"ids": ["x" * 5000]}).encode(),
+        lambda: json.dumps(valid | {"ids": rng.sample(cypher, 3)}).encode(),  # the live run's plan, forged ids
+        lambda: json.dumps(valid | {"run_id": rng.choice(["nope", "' OR 1=1", "deadbeef"])}).encode(),
+        lambda: json.dumps(valid | {"plan": f"{rng.getrandbits(64):016x}"}).encode(),
+        lambda: json.dumps(valid | {"schema_version": rng.choice(["", "old", "🙂" * 40])}).encode(),
+        lambda: json.dumps([valid] * 3).encode(),
+        lambda: b'{"v": 2, "ids": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ]
+    return [rng.choice(makers)() for _ in range(count)]
+
+
+def test_a_thousand_hostile_requests_crash_nothing_and_the_run_beside_them_is_right(
+        piece: Slice, redis_client: redis.Redis, neo4j_driver: Driver) -> None:
+    settings, topics = piece.settings, piece.settings.kafka.topics
+    graph = settings.graph
+    count_query = f"MATCH (a:{graph.account_label}) OPTIONAL MATCH (a)-[t:{graph.transfer_type}]->() " \
+                  "RETURN count(DISTINCT a) AS accounts, count(t) AS transfers"
+    before = neo4j_driver.execute_query(count_query, database_=settings.neo4j.database).records[0].data()
+    expected = piece.local_snapshot(redis_client)
+    letters_before = len(read_topic(piece, topics.dead_letter))
+    plan = plan_and_publish(piece, redis_client, copies=0)
+    seed = random.randrange(2**32)
+    print(f"hostile requests seed={seed}")
+    hostile = hostile_requests(plan, 1000, seed)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "message.max.bytes": 1_000_000})
+    real = list(request_messages(redis_client, settings, plan.to_dict()))
+    for i, value in enumerate(hostile):
+        producer.produce(topics.requests, key=str(i).encode(), value=value)
+        if i == len(hostile) // 2:
+            for key, request in real:
+                producer.produce(topics.requests, key=key, value=request)
+    forged = CompletionSignal(run_id=plan.run_id, plan=f"{1:016x}", batch_id=0, status=BatchStatus.FAILED, error="x")
+    producer.produce(topics.results, key=b"forged", value=forged.encode(), headers=forged.headers())
+    producer.produce(topics.results, key=b"junk", value=b"\x00junk", headers=[(HEADER_KIND, b"completion")])
+    assert producer.flush(60) == 0
+
+    worker = Worker(settings, WORKER_ID, max_messages=len(hostile) + len(real))
+    worker.run()  # raises if any message crashed the loop
+    assert (worker.stats.batches, worker.stats.dead_letters) == (plan.batches, len(hostile)), f"seed={seed}"
+    assert len(read_topic(piece, topics.dead_letter)) - letters_before == len(hostile)
+
+    finish(piece, redis_client, plan)
+    assert piece.snapshot(redis_client) == expected
+    after = neo4j_driver.execute_query(count_query, database_=settings.neo4j.database).records[0].data()
+    assert after == before
