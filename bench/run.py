@@ -265,6 +265,18 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
     return result
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from several runs of the bench on the same machine: the first's metadata,
+    every run's commands, notes and sizes, the last's end."""
+    results = dict(parts[0])
+    results["command"] = "; ".join(part["command"] for part in parts)
+    results["notes"] = [note for part in parts for note in part.get("notes", [])]
+    results["sizes"] = [size for part in parts for size in part["sizes"]]
+    results["finished_at"] = parts[-1]["finished_at"]
+    results["profile"] = next((part["profile"] for part in parts if part.get("profile")), None)
+    return results
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,7 +288,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--naive-max", type=int, default=NAIVE_MAX, help="largest size the naive mode runs at")
     parser.add_argument("--profile-size", help="size to profile, defaults to the largest number up to 100k")
-    parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the docs from a results file")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="only re-render the docs from results files (the sizes of later files appended)")
     args = parser.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if bad := [s for s in args.sizes if s != AMLSIM and not s.isdigit()]:
@@ -292,7 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        results = json.loads(args.render.read_text())
+        results = merge([json.loads(path.read_text()) for path in args.render])
     else:
         for name, value in BENCH_ENV.items():
             os.environ.setdefault(name, value)

@@ -15,6 +15,7 @@ from bench.dag import TRIGGER, log_parts, task_breakdown
 from bench.floor import load_records, resp_commands
 from bench.measure import PhaseClock
 from bench.naive import Leg, core_edge_features, core_node_features
+from bench.run import merge
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.store.writer import encode_row
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
@@ -274,3 +275,15 @@ def test_floor_records_are_the_bytes_the_batch_writer_stores(tmp_path: Path) -> 
                                            "fxbench:r1:edge_features:T1"]
     assert [v.encode() for v in records[1][1].values()] == encode_row(node_values[1].tolist())
     assert list(records[2][1]) == list(EDGE_FEATURE_NAMES)
+
+
+def test_merge_appends_the_sizes_of_later_runs() -> None:
+    first, second = results(), results() | {"command": "python -m bench.run --sizes 1000000",
+                                            "finished_at": "2025-01-02T00:00:00+00:00", "notes": ["1M once"]}
+    second["sizes"] = [{**second["sizes"][0], "transactions": 1_000_000}]
+    del second["profile"]
+    merged = merge([first, second])
+    assert [s["transactions"] for s in merged["sizes"]] == [500, 1_000_000]
+    assert merged["command"] == "python -m bench.run --sizes 500; python -m bench.run --sizes 1000000"
+    assert (merged["finished_at"], merged["notes"], merged["profile"]) == (second["finished_at"], ["1M once"],
+                                                                           first["profile"])
