@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import fx_workers.protocol
 from bench.measure import BENCH_ENV, BenchError, Measurement
-from fx_workers.config import load_settings
+from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry
@@ -75,11 +75,13 @@ def stack_settings() -> Settings:
 
 
 def stale_workers(settings: Settings) -> str | None:
-    """Why the stack's workers cannot run the DAG of this checkout, or None: one is not healthy, or it
-    started before the message protocol last changed (it would dead-letter the requests)."""
+    """Why the stack's workers cannot run the DAG, or None: one is not healthy, or it started before the
+    message protocol of the stack's checkout (the one holding ``stack.dir``) last changed, so it would
+    dead-letter the requests."""
     client = open_redis(settings.redis)
     keys = RedisKeys(settings.redis.prefix)
-    changed = Path(fx_workers.protocol.__file__).stat().st_mtime
+    checkout = settings.stack.dir.resolve().parent
+    changed = (checkout / Path(fx_workers.protocol.__file__).relative_to(REPO_ROOT)).stat().st_mtime
     for worker_id in range(settings.workers.count):
         health = client.get(keys.worker_health(str(worker_id)))
         if health is None:
