@@ -11,11 +11,17 @@ if TYPE_CHECKING:
 
 
 def open_redis(config: RedisConfig, **options: object) -> redis.Redis:
-    """A client for the configured server (hiredis parses replies when installed).
+    """A client for the configured server, authenticated as ``redis.user`` with its password (hiredis
+    parses replies when installed).
+
+    The user is sent only with a password: ``AUTH user`` alone is not a command, and a server
+    without authentication must stay reachable with the default config.
 
     :param options: more ``redis.Redis`` arguments, such as timeouts
     """
     import redis
 
-    password = config.password.get_secret_value() if config.password else None
-    return redis.Redis(host=config.host, port=config.port, db=config.db, password=password, **options)
+    password = config.secret()
+    username = config.user if password is not None else None
+    return redis.Redis(host=config.host, port=config.port, db=config.db, username=username, password=password,
+                       **options)

@@ -140,3 +140,28 @@ def test_settings_are_frozen(config_file: Path) -> None:
     settings = load(config_file)
     with pytest.raises(ValueError, match="frozen"):
         settings.redis.port = 1  # type: ignore[misc]
+
+
+def test_the_redis_password_comes_from_the_environment_else_its_file_else_none(config_file: Path) -> None:
+    settings = load(config_file)
+    assert settings.redis.user == "fx"
+    assert settings.redis.password_file == config_file.parent / ".stack" / "redis" / "password"
+    assert settings.redis.secret() is None  # a server without auth stays reachable
+    settings.redis.password_file.parent.mkdir(parents=True)
+    settings.redis.password_file.write_text(SECRET + "\n")
+    assert settings.redis.secret() == SECRET
+    assert settings.redis.password_source() == str(settings.redis.password_file)
+    overridden = load(config_file, FX__REDIS__PASSWORD="0012", FX__REDIS__USER="fx-reader")
+    assert (overridden.redis.user, overridden.redis.secret()) == ("fx-reader", "0012")
+    assert overridden.redis.password_source() == "FX__REDIS__PASSWORD"
+    assert "0012" not in repr(overridden) and SECRET not in repr(settings)
+    assert load(config_file, FX__REDIS__USER="").redis.user is None  # authenticate as the default user
+
+
+def test_the_redis_client_sends_the_user_only_with_a_password(config_file: Path) -> None:
+    from fx_workers.store.client import open_redis
+
+    without = open_redis(load(config_file).redis).get_connection_kwargs()
+    assert (without.get("username"), without.get("password")) == (None, None)
+    with_password = open_redis(load(config_file, FX__REDIS__PASSWORD=SECRET).redis).get_connection_kwargs()
+    assert (with_password["username"], with_password["password"]) == ("fx", SECRET)
