@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import redis
     from confluent_kafka.admin import AdminClient
     from neo4j import Session
 
-    from fx_workers.config import GraphModel, KafkaConfig, Settings
+    from fx_workers.config import GraphModel, KafkaConfig, RedisConfig, Settings
 
 TIMEOUT_SECONDS = 3.0
 UP = "run `make up`"
-LOAD = "run `fx load data/sample.csv` (the loader creates it)"
+LOAD = "run `make up` or `fx load data/sample.csv` (both create it)"
 
 # librdkafka reports refused connections on stderr unless given a logger; a check says it once.
 _librdkafka_log = logging.getLogger("fx_workers.tools.doctor.librdkafka")
@@ -184,7 +185,35 @@ def _graph_size_check(session: Session, graph: GraphModel) -> Check:
 
 
 def redis_checks(settings: Settings) -> Iterator[Check]:
-    """The server answers PING; its version and memory in use."""
+    """The server answers PING as ``redis.user`` with the configured password (its version and memory in
+    use); then that it refuses a client without credentials."""
+    import redis
+
+    config = settings.redis
+    client = _redis_client(settings)
+    address = f"{config.host}:{config.port}"
+    try:
+        client.ping()
+        info = client.info()
+    except redis.AuthenticationError as exc:
+        yield _redis_auth_failure(config, address, exc)
+        return
+    except redis.exceptions.NoPermissionError:
+        yield Check("redis", False, f"{address}: user {config.user} may not run PING and INFO",
+                    "fx writes as the writer user of config.yaml (redis.user), not as a read-only user")
+        return
+    except redis.RedisError as exc:
+        yield Check("redis", False, f"no server at {address}: {exc}", UP)
+        return
+    finally:
+        client.close()
+    yield Check("redis", True, f"{address}, Redis {info['redis_version']}, {info['used_memory_human']} used")
+    yield _redis_refuses_anonymous(settings, address)
+
+
+def _redis_client(settings: Settings, *, anonymous: bool = False) -> redis.Redis:
+    """fx's client (or, with ``anonymous``, one without credentials) that gives up quickly: the default
+    backoff would turn "refused" into 6 s."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -192,19 +221,41 @@ def redis_checks(settings: Settings) -> Iterator[Check]:
     from fx_workers.store.client import open_redis
 
     config = settings.redis
-    client = open_redis(
-        config,
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),  # the client's default backoff would turn "refused" into 6 s
-    )
-    address = f"{config.host}:{config.port}"
+    quick = {"socket_timeout": TIMEOUT_SECONDS, "socket_connect_timeout": TIMEOUT_SECONDS,
+             "retry": Retry(NoBackoff(), 0)}
+    if anonymous:
+        return redis.Redis(host=config.host, port=config.port, db=config.db, **quick)
+    return open_redis(config, **quick)
+
+
+def _redis_auth_failure(config: RedisConfig, address: str, exc: Exception) -> Check:
+    """What to do when the server refuses fx's credentials, or wants some and fx has none."""
+    if config.secret() is None:
+        return Check("redis", False, f"{address} wants a password and none is configured "
+                     f"(no FX__REDIS__PASSWORD, no {config.password_file})",
+                     f"{UP} (it generates {config.password_file}) or set FX__REDIS__PASSWORD")
+    who = f"user {config.user}" if config.user else "the default user"
+    return Check("redis", False, f"{address} refused {who} with the password from {config.password_source()}: "
+                 f"{exc}",  # the server's reason (WRONGPASS ...), never the password
+                 "the password does not match the running server's: `make down && make up` restarts Redis "
+                 "with the users of the password files")
+
+
+def _redis_refuses_anonymous(settings: Settings, address: str) -> Check:
+    """Auth is on when a client without credentials is refused: else anyone on the network can rewrite
+    the features a scorer reads."""
+    import redis
+
+    client = _redis_client(settings, anonymous=True)
     try:
         client.ping()
-        info = client.info()
+    except redis.AuthenticationError:
+        user = settings.redis.user or "default"
+        return Check("redis auth", True, f"auth on: user {user}, password from {settings.redis.password_source()}")
     except redis.RedisError as exc:
-        yield Check("redis", False, f"no server at {address}: {exc}", UP)
-        return
+        return Check("redis auth", False, f"{address}: a client without credentials got {exc}", UP)
     finally:
         client.close()
-    yield Check("redis", True, f"{address}, Redis {info['redis_version']}, {info['used_memory_human']} used")
+    return Check("redis auth", False, f"auth off: {address} takes commands from a client without credentials",
+                 "`make down && make up` restarts the stack's Redis with ACL users; elsewhere set a password "
+                 "(requirepass or ACL users) and FX__REDIS__PASSWORD")

@@ -83,7 +83,7 @@ def test_services_take_ports_and_paths_from_config(settings: Settings, layout: s
     redis = services["redis"].command
     assert redis[redis.index("--port") + 1] == "6390"
     assert redis[redis.index("--dir") + 1] == str(settings.stack.dir / "redis")
-    assert redis[redis.index("--save") + 1] == ""  # persistence is off in config.yaml
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # persistence is on in config.yaml: a restart keeps runs
     assert f"-Xmx{settings.stack.neo4j_heap}" in services["neo4j"].command
     assert f"-Xmx{settings.stack.kafka_heap}" in services["kafka"].command
     assert services["neo4j"].env["NEO4J_CONF"] == str(settings.stack.dir / "neo4j" / "conf")
@@ -167,3 +167,63 @@ def test_a_missing_program_is_one_line_with_a_hint(
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(stackctl.StackError, match=r"`java` is not on PATH; install a Java 17 runtime"):
         stackctl.up(settings, layout)
+
+
+def test_redis_starts_with_an_acl_file_of_hashed_generated_passwords(
+    settings: Settings, layout: stackctl.Layout, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fx_workers.tools.stack import REDIS_READER, reader_password_file
+
+    redis = by_name(settings, layout)["redis"]
+    acl_file = settings.stack.dir / "redis" / "users.acl"
+    assert redis.command[redis.command.index("--aclfile") + 1] == str(acl_file)
+    redis.prepare()
+    writer, reader = settings.redis.password_file, reader_password_file(settings)
+    passwords = [path.read_text().strip() for path in (writer, reader)]
+    for path in (writer, reader, acl_file):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    text = acl_file.read_text()
+    assert all(len(p) >= 32 and p not in text and p not in capsys.readouterr().out for p in passwords)
+    users = {line.split()[1]: line for line in text.splitlines() if line.startswith("user ")}
+    assert users["default"] == "user default reset off"
+    assert users["fx"].startswith("user fx reset on ~fx* ") and users[REDIS_READER].startswith(
+        f"user {REDIS_READER} reset on ~fx:* ")
+    assert " -@dangerous " in users["fx"] and "+set" not in users[REDIS_READER] and "+@" not in users[REDIS_READER]
+    redis.prepare()  # a restart keeps the passwords
+    assert [path.read_text().strip() for path in (writer, reader)] == passwords
+
+
+def test_airflow_gets_redis_credentials_a_long_jwt_secret_and_no_log_servers(
+    settings: Settings, layout: stackctl.Layout
+) -> None:
+    import json
+
+    from fx_workers.tools.stack import JWT_SECRET_BYTES, airflow_home
+    from fx_workers.tools.stack import env as airflow_env
+
+    jwt = airflow_home(settings) / "jwt_secret"
+    jwt.parent.mkdir(parents=True)
+    jwt.write_text("a-43-byte-secret-from-an-older-make-up-xxxxx")
+    assert json.loads(airflow_env(settings)["AIRFLOW_CONN_FX_REDIS"]).get("password") is None  # not generated yet
+    by_name(settings, layout)["redis"].prepare()
+    variables = airflow_env(settings)
+    connection = json.loads(variables["AIRFLOW_CONN_FX_REDIS"])
+    assert (connection["login"], connection["password"]) == ("fx", settings.redis.secret())
+    assert len(variables["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= JWT_SECRET_BYTES
+    assert airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"] == variables["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert variables["PYTHONWARNINGS"].split(",") == ["ignore:Could not import graphviz:UserWarning",
+                                                      "ignore:GitWildMatchPattern:DeprecationWarning"]
+    services = by_name(settings, layout)
+    for name in ("airflow-scheduler", "airflow-triggerer"):
+        assert services[name].command[-1] == "--skip-serve-logs", name  # would listen on 0.0.0.0:8793/8794
+    assert services["neo4j"].ready is not None  # make up creates the graph schema
+
+
+def test_up_down_and_clean_take_turns(layout: stackctl.Layout) -> None:
+    import fcntl
+
+    # a second `make up` waits instead of starting duplicates
+    with stackctl.exclusive(layout), (layout.run / "stackctl.lock").open("w") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with (layout.run / "stackctl.lock").open("w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
