@@ -22,6 +22,7 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel, SecretStr
 
 from fx_workers.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
+from fx_workers.tools.stack import REDIS_READER, redis_acl
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -419,6 +420,7 @@ def test_airflow_connections_match_the_fx_settings(services: Services) -> None:
         redis = connections["fx_redis"]
         assert (redis["conn_type"], redis["host"], redis["port"]) == ("redis", settings.redis.host, settings.redis.port)
         assert redis["extra"]["db"] == settings.redis.db
+        assert (redis["login"], redis["password"]) == (settings.redis.user, settings.redis.secret())
 
 
 def test_airflow_services_share_one_configuration(services: Services, config: Settings) -> None:
@@ -457,3 +459,64 @@ def test_worker_service_runs_the_worker_image(services: Services) -> None:
     assert worker["build"]["dockerfile"] == "Dockerfile"
     assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "fx_workers", "--check"]
     assert worker["init"] is True
+
+
+# --- the online store needs credentials ----------------------------------------------------------
+
+
+def as_run(text: str) -> str:
+    """A string of the resolved model as the container gets it (``config`` keeps ``$$`` escaped)."""
+    return text.replace("$$", "$")
+
+
+def acl_lines(redis: dict[str, Any]) -> dict[str, str]:
+    """User -> the rest of its ``user ...`` line, from the script that writes the redis ACL file."""
+    script = as_run(" ".join(redis["command"]))
+    return {user: rest for user, rest in re.findall(r'"user (\S+) ([^"]*)"', script)}
+
+
+def test_redis_has_the_acl_users_of_the_native_stack(services: Services) -> None:
+    """The same users and rules as ``make up``'s ACL file, each password from .env, default off."""
+    settings = settings_in(services["fx-worker"]["environment"])
+    passwords = {settings.redis.user: "REDIS_PASSWORD", REDIS_READER: "REDIS_READER_PASSWORD"}
+    expected = {user: rules + (f" >${passwords[user]}" if user in passwords else "")
+                for user, rules in redis_acl(settings.redis).items()}
+    redis = services["redis"]
+    assert acl_lines(redis) == expected
+    assert expected["default"].endswith(" off")
+    assert "--aclfile /tmp/users.acl" in redis["command"][0] and "> /tmp/users.acl" in redis["command"][0]
+    assert "umask 077" in redis["command"][0]  # the file holds the passwords in clear until redis hashes them
+    assert redis["entrypoint"] == ["/bin/sh", "-c"] and "exec docker-entrypoint.sh redis-server" in redis["command"][0]
+
+
+def test_redis_passwords_come_from_env_and_fx_uses_the_writer(services: Services) -> None:
+    values = filled_env()
+    redis = services["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"] == values["REDIS_PASSWORD"]
+    assert redis["environment"]["REDIS_READER_PASSWORD"] == values["REDIS_READER_PASSWORD"]
+    for name, environment in fx_services(services).items():
+        settings = settings_in(environment)
+        assert (settings.redis.user, settings.redis.secret()) == ("fx", values["REDIS_PASSWORD"]), name
+
+
+def test_the_redis_healthcheck_authenticates_without_the_password_in_argv(services: Services) -> None:
+    kind, command = services["redis"]["healthcheck"]["test"]
+    command = as_run(command)
+    user = settings_in(services["fx-worker"]["environment"]).redis.user
+    assert kind == "CMD-SHELL"
+    assert 'REDISCLI_AUTH="$REDIS_PASSWORD"' in command and f"--user {user} ping" in command
+    assert "grep -q PONG" in command  # redis-cli exits 0 on NOAUTH
+
+
+def test_no_literal_secret_in_the_file() -> None:
+    """Every password, secret or auth value in an environment is interpolated from .env."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    sections = [raw[key] for key in raw if key.startswith("x-")]
+    sections += [service.get("environment", {}) for service in raw["services"].values()]
+    secretive = re.compile("PASSWORD|SECRET|AUTH|FERNET", re.IGNORECASE)
+    for environment in sections:
+        for name, value in environment.items():
+            if secretive.search(name) and name != "AIRFLOW__CORE__AUTH_MANAGER":
+                assert re.fullmatch(r"[^$]*\$\{[A-Z0-9_]+:?[?-][^}]*\}[^$]*", str(value)), f"{name} is not from .env"
+            if name.startswith("AIRFLOW_CONN_") and "password" in json.loads(value):
+                assert json.loads(value)["password"].startswith("${"), f"{name}: its password is not from .env"
