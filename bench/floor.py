@@ -111,8 +111,10 @@ def write_redis_cli(settings: Settings, records: list[Record]) -> float:
     with tempfile.NamedTemporaryFile(suffix=".resp") as payload:
         payload.writelines(resp_commands(records))
         payload.flush()
-        env = os.environ | ({"REDISCLI_AUTH": config.password.get_secret_value()} if config.password else {})
-        argv = ["redis-cli", "-h", config.host, "-p", str(config.port), "-n", str(config.db), "--pipe"]
+        secret = config.secret()
+        env = os.environ | ({"REDISCLI_AUTH": secret} if secret else {})
+        user = ["--user", config.user] if secret and config.user else []
+        argv = ["redis-cli", "-h", config.host, "-p", str(config.port), *user, "-n", str(config.db), "--pipe"]
         with Path(payload.name).open("rb") as stdin:
             started = time.perf_counter()
             result = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env, check=False)
