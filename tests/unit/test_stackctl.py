@@ -184,7 +184,8 @@ def test_redis_starts_with_an_acl_file_of_hashed_generated_passwords(
         assert path.stat().st_mode & 0o777 == 0o600, path
     text = acl_file.read_text()
     assert all(len(p) >= 32 and p not in text and p not in capsys.readouterr().out for p in passwords)
-    users = {line.split()[1]: line for line in text.splitlines() if line.startswith("user ")}
+    assert all(line.startswith("user ") for line in text.splitlines())  # Redis refuses anything else, comments too
+    users = {line.split()[1]: line for line in text.splitlines()}
     assert users["default"] == "user default reset off"
     assert users["fx"].startswith("user fx reset on ~fx* ") and users[REDIS_READER].startswith(
         f"user {REDIS_READER} reset on ~fx:* ")
