@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from confluent_kafka.admin import NewTopic
+from pydantic import SecretStr
+
+from fx_workers.config import REPO_ROOT
 
 if TYPE_CHECKING:
     import redis
@@ -38,10 +43,38 @@ def test_redis_pings(redis_client: redis.Redis) -> None:
     assert redis_client.ping() is True
 
 
-def test_fx_doctor_exits_0(neo4j_driver: Driver, settings: Settings) -> None:
-    from fx_workers.tools.load import ensure_schema
-
-    ensure_schema(neo4j_driver, settings)  # the loader's constraints and index, which doctor requires
+def test_fx_doctor_exits_0_with_redis_auth_on(neo4j_driver: Driver, settings: Settings) -> None:
+    """`make up` created the graph's constraints and index (no load needed) and started Redis with users."""
     fx = Path(sys.executable).parent / "fx"
     result = subprocess.run([fx, "doctor"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"fx doctor exited {result.returncode}:\n{result.stdout}{result.stderr}"
+    assert "auth on: user fx" in result.stdout
+
+
+def test_doctor_explains_a_redis_password_that_does_not_match(settings: Settings) -> None:
+    from fx_workers.tools.doctor import redis_checks
+
+    wrong = settings.model_copy(update={"redis": settings.redis.model_copy(update={"password": SecretStr("nope")})})
+    check = next(redis_checks(wrong))
+    assert not check.ok
+    assert "refused user fx with the password from FX__REDIS__PASSWORD" in check.detail
+    assert "make down && make up" in check.fix and "nope" not in check.detail + check.fix
+
+
+@pytest.mark.parametrize("command", ["dags list", "dags list-runs fx_extract", "dags details fx_extract"])
+def test_airflow_cli_prints_clean_json_with_the_stack_env(settings: Settings, command: str) -> None:
+    """`source .stack/env && airflow ... -o json | jq` works: no warning on stdout before the JSON."""
+    script = f"source {settings.stack.dir / 'env'} && airflow {command} -o json"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+
+
+def test_the_warning_filters_silence_airflows_airflowignore_reader(settings: Settings) -> None:
+    """pathspec's GitWildMatchPattern deprecation, raised by the code that reads plugins/.airflowignore."""
+    script = f"""source {settings.stack.dir / 'env'} && python -c '
+from airflow._shared.module_loading.file_discovery import find_path_from_directory
+list(find_path_from_directory("{REPO_ROOT / "plugins"}", ".airflowignore", "glob"))'"""
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "GitWildMatchPattern" not in result.stdout + result.stderr
