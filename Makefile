@@ -16,7 +16,7 @@ STACK_ENV := .stack/env
 DEPS_STAMP := $(VENV)/.deps.sha256
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup venv python-deps jars redis-server up down status demo test lint clean-stack requirements
+.PHONY: help setup venv python-deps jars redis-server up down status demo test test-faults lint clean-stack requirements
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ demo: up ## Load the sample graph, run fx_extract through Airflow, show the veri
 test: up ## Run the unit and integration tests against the running stack
 	@echo "test: running pytest (unit and integration)"
 	@$(VENV)/bin/pytest
+
+test-faults: up ## Inject faults into fx_extract runs (20 seeded worker kills and broker restarts, 5 of the rest): the fault table
+	@echo "test-faults: running tests/faults with FX_FAULTS=full (about an hour on 2 cores)"
+	@FX_FAULTS=full $(VENV)/bin/pytest tests/faults
 
 lint: python-deps ## ruff check
 	@echo "lint: ruff check"

@@ -1,5 +1,5 @@
-"""Marks every test under ``tests/integration/`` as ``integration``: ``pytest -m "not integration"``
-runs the unit tests alone, without the stack."""
+"""Marks every test under ``tests/integration/`` and ``tests/faults/`` as ``integration``:
+``pytest -m "not integration"`` runs the unit tests alone, without the stack."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-INTEGRATION = Path(__file__).parent / "integration"
+STACK_TESTS = (Path(__file__).parent / "integration", Path(__file__).parent / "faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if INTEGRATION in item.path.parents:
+        if any(folder in item.path.parents for folder in STACK_TESTS):
             item.add_marker(pytest.mark.integration)

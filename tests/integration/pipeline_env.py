@@ -7,11 +7,14 @@ overrides, and their own Airflow metadata database. Nothing they write is visibl
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fx_workers.config import REPO_ROOT, load_settings
@@ -19,7 +22,6 @@ from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import redis
     from confluent_kafka.admin import AdminClient
@@ -122,6 +124,49 @@ class Slice:
                      f"{graph.transfer_type}_{graph.tx_id_property}_unique"):
             driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)
         driver.execute_query(f"DROP INDEX {graph.transfer_type}_{graph.ts_property} IF EXISTS", database_=database)
+
+
+AIRFLOW = str(REPO_ROOT / ".venv" / "bin" / "airflow")
+
+
+class Workers:
+    """Worker processes of a slice, logging to files, that a test can kill and restart."""
+
+    def __init__(self, piece: Slice, folder: Path, count: int = 2) -> None:
+        self.piece, self.folder = piece, folder
+        self.procs = {i: piece.start_worker(i, self.log(i)) for i in range(count)}
+
+    def log(self, worker_id: int) -> Path:
+        return self.folder / f"worker-{worker_id}.log"
+
+    def batches_done(self) -> int:
+        """``batch done`` lines in every worker's log so far."""
+        return sum(self.log(i).read_text().count("batch done") for i in self.procs if self.log(i).exists())
+
+    def restart(self, worker_id: int) -> None:
+        self.procs[worker_id] = self.piece.start_worker(worker_id, self.log(worker_id))
+
+    def stop(self) -> dict[int, int | None]:
+        """SIGTERM each live worker (a warm stop) and return the exit codes (None: it was killed)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return {i: proc.wait(timeout=60) for i, proc in self.procs.items()}
+
+
+def dags_test(env: dict[str, str], batch_size: int, as_of: int = AS_OF,
+              timeout_minutes: int = 5) -> subprocess.Popen[str]:
+    """``airflow dags test fx_extract``: the whole DAG in one process, its output piped."""
+    conf = json.dumps({"as_of": as_of, "batch_size": batch_size, "timeout_minutes": timeout_minutes})
+    return subprocess.Popen((AIRFLOW, "dags", "test", "fx_extract", "--conf", conf), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def migrated_airflow(piece: Slice, home: Path) -> dict[str, str]:
+    """Airflow with a metadata database of its own, so the stack's scheduler never sees these runs."""
+    env = airflow_env(piece, home)
+    subprocess.run((AIRFLOW, "db", "migrate"), env=env, check=True, capture_output=True, timeout=300)
+    return env
 
 
 def airflow_env(piece: Slice, home: Path) -> dict[str, str]:

@@ -15,18 +15,14 @@ import pytest
 from fx_workers.config import REPO_ROOT
 from fx_workers.tools.load import load_csv
 from fx_workers.tools.stack import AirflowApi
-from tests.integration.pipeline_env import AS_OF, Slice, airflow_env
+from tests.integration.pipeline_env import AIRFLOW, AS_OF, Slice, Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     import redis
 
     from fx_workers.config import Settings
-
-AIRFLOW = str(REPO_ROOT / ".venv" / "bin" / "airflow")
-
 
 @pytest.fixture(scope="module")
 def expected(piece: Slice, redis_client: redis.Redis) -> dict:
@@ -35,31 +31,7 @@ def expected(piece: Slice, redis_client: redis.Redis) -> dict:
 
 @pytest.fixture(scope="module")
 def env(piece: Slice, tmp_path_factory) -> dict[str, str]:
-    """Airflow with a metadata database of its own, so the stack's scheduler never sees these runs."""
-    env = airflow_env(piece, tmp_path_factory.mktemp("airflow"))
-    subprocess.run((AIRFLOW, "db", "migrate"), env=env, check=True, capture_output=True, timeout=300)
-    return env
-
-
-class Workers:
-    """Two worker processes of the slice, logging to files."""
-
-    def __init__(self, piece: Slice, folder: Path) -> None:
-        self.piece, self.folder = piece, folder
-        self.procs = {i: piece.start_worker(i, self.log(i)) for i in (0, 1)}
-
-    def log(self, worker_id: int) -> Path:
-        return self.folder / f"worker-{worker_id}.log"
-
-    def restart(self, worker_id: int) -> None:
-        self.procs[worker_id] = self.piece.start_worker(worker_id, self.log(worker_id))
-
-    def stop(self) -> dict[int, int | None]:
-        """SIGTERM each live worker (a warm stop) and return the exit codes (None: it was killed)."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        return {i: proc.wait(timeout=60) for i, proc in self.procs.items()}
+    return migrated_airflow(piece, tmp_path_factory.mktemp("airflow"))
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +39,7 @@ def workers(piece: Slice, tmp_path_factory) -> Iterator[Workers]:
     workers = Workers(piece, tmp_path_factory.mktemp("workers"))
     yield workers
     codes = workers.stop()
-    assert all(code in (0, -signal.SIGKILL) for code in codes.values()), codes
-
-
-def dags_test(env: dict[str, str], batch_size: int) -> subprocess.Popen[str]:
-    conf = json.dumps({"as_of": AS_OF, "batch_size": batch_size, "timeout_minutes": 5})
-    return subprocess.Popen((AIRFLOW, "dags", "test", "fx_extract", "--conf", conf), env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    assert all(code in (0, -signal.SIGKILL, -signal.SIGTERM) for code in codes.values()), codes  # -TERM: still starting
 
 
 def finish(proc: subprocess.Popen[str]) -> str:
