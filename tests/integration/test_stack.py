@@ -61,6 +61,41 @@ def test_doctor_explains_a_redis_password_that_does_not_match(settings: Settings
     assert "make down && make up" in check.fix and "nope" not in check.detail + check.fix
 
 
+def test_doctor_explains_a_missing_redis_password(settings: Settings, tmp_path: Path) -> None:
+    from fx_workers.tools.doctor import redis_checks
+
+    none = settings.redis.model_copy(update={"password_file": tmp_path / "absent"})
+    check = next(redis_checks(settings.model_copy(update={"redis": none})))
+    assert not check.ok and "wants a password and none is configured" in check.detail
+    assert "make up" in check.fix and "FX__REDIS__PASSWORD" in check.fix
+
+
+def test_doctor_fails_a_redis_that_takes_anonymous_clients(settings: Settings, tmp_path: Path) -> None:
+    """A Redis of its own on a free port, without a password: reachable, but "auth off" fails."""
+    import socket
+    import time
+
+    from fx_workers.tools.doctor import redis_checks
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        open_settings = settings.model_copy(update={"redis": settings.redis.model_copy(
+            update={"port": port, "password_file": tmp_path / "absent"})})
+        deadline = time.monotonic() + 10
+        while not (checks := list(redis_checks(open_settings)))[0].ok and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reachable, auth = checks
+        assert reachable.ok
+        assert (auth.name, auth.ok) == ("redis auth", False) and "auth off" in auth.detail
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 @pytest.mark.parametrize("command", ["dags list", "dags list-runs fx_extract", "dags details fx_extract"])
 def test_airflow_cli_prints_clean_json_with_the_stack_env(settings: Settings, command: str) -> None:
     """`source .stack/env && airflow ... -o json | jq` works: no warning on stdout before the JSON."""
