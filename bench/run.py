@@ -20,6 +20,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -55,6 +56,8 @@ RETAINED_RUNS = 3
 """Local runs in a row for the retention measurement: the third is written while two are retained."""
 MEMORY_POLL_SECONDS = 0.05
 ATTEMPTS = 3
+RETRY_SECONDS = 20.0
+"""Wait before repeating a failed run: long enough for a restarted service to be back."""
 FINGERPRINT = "MATCH (:{A})-[t:{T}]->(:{A}) RETURN count(t) AS transfers, sum(t.{ts}) AS ts_sum"
 PROFILE_MAX = 100_000
 
@@ -116,6 +119,8 @@ class BenchGraph:
         self.accounts = 0
         self.load_seconds = 0.0
         self.reloads = 0
+        self.retried: list[str] = []
+        """Runs repeated because the shared stack got in the way, and why."""
         self._fingerprint: tuple[int, int] | None = None
 
     def load(self) -> None:
@@ -136,25 +141,32 @@ class BenchGraph:
         return self._read_fingerprint() != self._fingerprint
 
     def measure(self, mode: str, client: redis.Redis, extra: list[str], *, clear: bool = True) -> dict[str, Any]:
-        """:func:`measure` on this graph; when another process replaced it meanwhile, load it and measure again.
+        """:func:`measure` on this graph, repeated when the shared stack got in the way: another process
+        replaced the graph (it is loaded again), or a run failed while a service restarted.
 
-        :raises BenchError: when the run fails on an unchanged graph, or the graph keeps changing
+        :raises BenchError: when each of :data:`ATTEMPTS` runs failed or saw the graph change
         """
+        import redis
+
+        failures = []
         for _ in range(ATTEMPTS):
-            if self.replaced():
-                print(f"  the graph was replaced by another process; loading {self.path.name} again", file=sys.stderr)
-                self.reloads += 1
-                self.load()
             try:
+                if self.replaced():
+                    print(f"  the graph was replaced by another process; loading {self.path.name} again",
+                          file=sys.stderr)
+                    self.reloads += 1
+                    self.load()
                 run = measure(mode, self.settings, client, extra=extra, as_of=self.as_of,
                               expected=(self.accounts, self.transactions), clear=clear)
-            except BenchError:
                 if not self.replaced():
-                    raise
-                continue
-            if not self.replaced():
-                return run
-        raise BenchError(f"the graph was replaced during each of {ATTEMPTS} runs of {mode}")
+                    return run
+                failures.append("the graph was replaced during the run")
+            except (BenchError, redis.ConnectionError) as exc:
+                failures.append(str(exc).splitlines()[0])
+                print(f"  {mode} failed ({failures[-1]}); waiting {RETRY_SECONDS:.0f}s, then again", file=sys.stderr)
+                time.sleep(RETRY_SECONDS)
+            self.retried.append(f"{mode}: {failures[-1]}")
+        raise BenchError(f"{mode} failed {ATTEMPTS} times: {'; '.join(failures)}")
 
 
 @contextmanager
@@ -164,8 +176,13 @@ def peak_memory(client: redis.Redis) -> Iterator[list[int]]:
     stop = threading.Event()
 
     def sample() -> None:
+        import redis
+
         while not stop.wait(MEMORY_POLL_SECONDS):
-            peak[0] = max(peak[0], client.info("memory")["used_memory"])
+            try:
+                peak[0] = max(peak[0], client.info("memory")["used_memory"])
+            except redis.ConnectionError:
+                continue  # a restart of the shared server; the run itself fails or not
 
     sampler = threading.Thread(target=sample, name="bench-memory", daemon=True)
     sampler.start()
@@ -238,7 +255,6 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
         else:
             modes["dag"] = []
     runs = []
-    dag_failures = 0
     for repeat in range(args.repeats):
         print(f"{size}: repeat {repeat + 1} of {args.repeats}", file=sys.stderr)
         for mode, extra in list(modes.items()):
@@ -247,11 +263,8 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
             except BenchError as exc:
                 if mode != "dag":
                     raise
-                dag_failures += 1
-                notes.append(f"a dag run failed (the stack's Airflow is shared), not counted: {exc}")
-                if dag_failures == ATTEMPTS:
-                    notes.append(f"dag dropped at this size after {ATTEMPTS} failed runs")
-                    del modes["dag"]
+                notes.append(f"dag dropped at this size (the stack's Airflow is shared): {exc}")
+                del modes["dag"]
     result = {"name": size if size == AMLSIM else None, "transactions": transactions, "accounts": graph.accounts,
               "as_of": graph.as_of, "load_seconds": graph.load_seconds, "runs": runs, "notes": notes,
               "retention": retention(graph, client)}
@@ -262,6 +275,7 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
     if graph.reloads:
         notes.append(f"another process replaced the graph {graph.reloads} time(s); it was loaded again and the "
                      "affected runs repeated")
+    notes += [f"repeated after a failure on the shared stack: {why}" for why in graph.retried]
     return result
 
 
