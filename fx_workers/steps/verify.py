@@ -136,7 +136,7 @@ def _check_checksum(report: VerifyReport, driver: Driver, settings: Settings, re
     for key_of, names, part_ids in ((namespace.node, NODE_FEATURE_NAMES, ids),
                                     (namespace.edge, EDGE_FEATURE_NAMES, fresh.tx_ids.tolist())):
         for record_id, values in zip(part_ids, reader.raw(key_of, names, part_ids), strict=True):
-            stored.add(record_id, values)
+            stored.add(record_id, [None if v is None else v.decode(errors="surrogateescape") for v in values])
         stored.next_part()
     if stored.hexdigest() != reported:
         report.failures.append(f"batch {batch_id}: its records in Redis do not match the checksum its worker "

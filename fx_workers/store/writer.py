@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
     import numpy as np
     import redis
@@ -26,24 +26,25 @@ if TYPE_CHECKING:
 CHUNK = 2000
 """Records per pipeline round trip: large enough to amortise it, small enough to bound memory."""
 _PART_SEPARATOR = b"\x1e"
+MISSING = "\x7f"
+"""Stands for a missing field in a checksum (no stored value is this text)."""
 
 
-def encode_row(row: Sequence[float]) -> list[bytes]:
+def encode_row(row: Sequence[float]) -> list[str]:
     """A record's values as stored."""
-    return [repr(value).encode() for value in row]
+    return list(map(repr, row))
 
 
 class Checksum:
-    """A content checksum of records as stored: each record's id and values, in order."""
+    """A content checksum of records as stored: each record's id and values (text), in order."""
 
     def __init__(self) -> None:
         self._hash = hashlib.blake2b(digest_size=16)
 
-    def add(self, record_id: str, values: Sequence[bytes | None]) -> None:
-        self._hash.update(record_id.encode(errors="surrogatepass"))
-        for value in values:
-            self._hash.update(b"\0" + (value if value is not None else b"\xff"))
-        self._hash.update(b"\n")
+    def add(self, record_id: str, values: Sequence[str | None]) -> None:
+        """One record; ``None`` stands for a missing field (re-read records may have lost one)."""
+        text = "\0".join([record_id, *(MISSING if v is None else v for v in values)]) + "\n"
+        self._hash.update(text.encode(errors="surrogatepass"))
 
     def next_part(self) -> None:
         self._hash.update(_PART_SEPARATOR)
@@ -71,14 +72,15 @@ class BatchWriter:
 
     def _write_part(self, key_of: Callable[[str], str], names: Sequence[str], ids: np.ndarray, values: np.ndarray,
                     checksum: Checksum) -> None:
-        fields = [name.encode() for name in names]
+        args: list[str] = ["HSET", "", *(x for name in names for x in (name, ""))]  # reused: key and values change
         id_list, rows = ids.tolist(), values.tolist()
         for start in range(0, len(id_list), CHUNK):
             pipe = self.client.pipeline(transaction=False)
             for record_id, row in zip(id_list[start : start + CHUNK], rows[start : start + CHUNK], strict=True):
                 encoded = encode_row(row)
                 checksum.add(record_id, encoded)
-                pipe.execute_command("HSET", key_of(record_id), *_interleave(fields, encoded))
+                args[1], args[3::2] = key_of(record_id), encoded
+                pipe.execute_command(*args)
             pipe.execute()
         checksum.next_part()
 
@@ -88,9 +90,3 @@ class BatchWriter:
         self._write_part(self.keys.node, NODE_FEATURE_NAMES, features.node_ids, features.node_values, checksum)
         self._write_part(self.keys.edge, EDGE_FEATURE_NAMES, features.tx_ids, features.edge_values, checksum)
         return checksum.hexdigest()
-
-
-def _interleave(fields: list[bytes], values: list[bytes]) -> Iterable[bytes]:
-    for field, value in zip(fields, values, strict=True):
-        yield field
-        yield value

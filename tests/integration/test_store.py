@@ -82,7 +82,7 @@ def test_rewrite_is_byte_identical_and_the_checksum_is_of_what_is_stored(client:
     for key_of, names, ids in ((KEYS.of_run("r1").node, NODE_FEATURE_NAMES, HOSTILE),
                                (KEYS.of_run("r1").edge, EDGE_FEATURE_NAMES, ["t1", "t:2"])):
         for record_id, values in zip(ids, reader.raw(key_of, names, ids), strict=True):
-            reread.add(record_id, values)
+            reread.add(record_id, [v.decode() for v in values])
         reread.next_part()
     assert reread.hexdigest() == first_checksum
     assert features_checksum(features(seed=6)) != first_checksum
