@@ -63,7 +63,7 @@ def load_records(path: Path, prefix: str, run_id: str) -> tuple[list[Record], in
     namespace = RedisKeys(prefix).of_run(run_id)
     saved = np.load(path)
     records = [
-        (key_of(entity_id), dict(zip(names, (v.decode() for v in encode_row(row)), strict=True)))
+        (key_of(entity_id), dict(zip(names, encode_row(row), strict=True)))
         for key_of, names, ids, values in (
             (namespace.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
             (namespace.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]),

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -76,6 +77,16 @@ def machine(settings: Settings) -> dict[str, Any]:
         "neo4j": records[0]["v"],
         "redis": open_redis(settings.redis).info("server")["redis_version"],
     }
+
+
+def commit() -> str:
+    """The checkout's commit, ``+changes`` when ``fx_workers/`` or ``bench/`` differ from it: what was measured."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "fx_workers", "bench")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
 
 
 def clear_prefix(client: redis.Redis, prefix: str) -> None:
@@ -287,6 +298,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     results["notes"] = [note for part in parts for note in part.get("notes", [])]
     results["sizes"] = [size for part in parts for size in part["sizes"]]
     results["finished_at"] = parts[-1]["finished_at"]
+    results["commit"] = ", ".join(dict.fromkeys(part.get("commit", "?") for part in parts))
     results["profile"] = next((part["profile"] for part in parts if part.get("profile")), None)
     return results
 
@@ -332,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
             "started_at": started.isoformat(timespec="seconds"),
+            "commit": commit(),
             "seed": args.seed,
             "repeats": args.repeats,
             "machine": machine(settings),

@@ -273,7 +273,7 @@ def test_floor_records_are_the_bytes_the_batch_writer_stores(tmp_path: Path) -> 
     assert (accounts, transfers) == (2, 1)
     assert [key for key, _ in records] == ["fxbench:r1:node_features:A1", "fxbench:r1:node_features:A:2",
                                            "fxbench:r1:edge_features:T1"]
-    assert [v.encode() for v in records[1][1].values()] == encode_row(node_values[1].tolist())
+    assert list(records[1][1].values()) == encode_row(node_values[1].tolist())
     assert list(records[2][1]) == list(EDGE_FEATURE_NAMES)
 
 
