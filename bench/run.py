@@ -52,7 +52,8 @@ DOCS = REPO_ROOT / "docs"
 NAIVE_MAX = 100_000
 AMLSIM = "amlsim"
 AMLSIM_FILE = REPO_ROOT.parent / "shared" / "data" / "amlsim" / "amlsim_native.csv.gz"
-"""IBM AMLSim's graph in the native CSV format, gzipped (``fx load`` reads plain CSV only)."""
+"""IBM AMLSim's graph in the native CSV format, gzipped (``fx load`` reads plain CSV only); ``--amlsim``
+overrides it."""
 RETAINED_RUNS = 3
 """Local runs in a row for the retention measurement: the third is written while two are retained."""
 MEMORY_POLL_SECONDS = 0.05
@@ -101,15 +102,15 @@ def clear_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*batch)
 
 
-def graph_file(size: str, seed: int) -> tuple[Path, int, int]:
+def graph_file(size: str, seed: int, amlsim: Path = AMLSIM_FILE) -> tuple[Path, int, int]:
     """The CSV of a size (written once under ``bench/results/data``), its transfers, and the ``as_of``
     that counts every one of them."""
     data = RESULTS / "data"
     data.mkdir(parents=True, exist_ok=True)
     if size == AMLSIM:
-        path = data / AMLSIM_FILE.name.removesuffix(".gz")
+        path = data / amlsim.name.removesuffix(".gz")
         if not path.exists():
-            with gzip.open(AMLSIM_FILE, "rb") as packed, path.open("wb") as plain:
+            with gzip.open(amlsim, "rb") as packed, path.open("wb") as plain:
                 shutil.copyfileobj(packed, plain)
         timestamps = [int(line.split(b",")[4]) for line in path.read_bytes().splitlines()[1:] if line]
         return path, len(timestamps), max(timestamps)
@@ -123,10 +124,10 @@ def graph_file(size: str, seed: int) -> tuple[Path, int, int]:
 class BenchGraph:
     """The graph of one size in the shared Neo4j; loaded again whenever another process replaced it."""
 
-    def __init__(self, settings: Settings, size: str, seed: int) -> None:
+    def __init__(self, settings: Settings, size: str, seed: int, amlsim: Path = AMLSIM_FILE) -> None:
         self.settings = settings
         self.size = size
-        self.path, self.transactions, self.as_of = graph_file(size, seed)
+        self.path, self.transactions, self.as_of = graph_file(size, seed, amlsim)
         self.accounts = 0
         self.load_seconds = 0.0
         self.reloads = 0
@@ -248,7 +249,7 @@ def retention(graph: BenchGraph, client: redis.Redis) -> dict[str, Any]:
 def bench_size(settings: Settings, client: redis.Redis, size: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load one size, then run every mode ``args.repeats`` times, interleaved; then the retention runs."""
     print(f"{size}: preparing and loading", file=sys.stderr)
-    graph = BenchGraph(settings, size, args.seed)
+    graph = BenchGraph(settings, size, args.seed, args.amlsim)
     graph.load()
     transactions = graph.transactions
     records = RESULTS / "data" / f"records-{graph.path.stem}.npz"
@@ -312,6 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2,4", help="distributed worker counts; empty for none")
     parser.add_argument("--dag-sizes", default="500,100000", help="sizes the dag mode runs at; empty for none")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--amlsim", type=Path, default=AMLSIM_FILE, help="the gzipped AMLSim CSV (native format)")
     parser.add_argument("--naive-max", type=int, default=NAIVE_MAX, help="largest size the naive mode runs at")
     parser.add_argument("--profile-size", help="size to profile, defaults to the largest number up to 100k")
     parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
