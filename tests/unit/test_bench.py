@@ -284,6 +284,7 @@ def test_merge_appends_the_sizes_of_later_runs() -> None:
     del second["profile"]
     merged = merge([first, second])
     assert [s["transactions"] for s in merged["sizes"]] == [500, 1_000_000]
+    assert merged["sizes"][1]["notes"][0] == "measured by `python -m bench.run --sizes 1000000` at commit ?"
     assert merged["command"] == "python -m bench.run --sizes 500; python -m bench.run --sizes 1000000"
     assert (merged["finished_at"], merged["notes"], merged["profile"]) == (second["finished_at"], ["1M once"],
                                                                            first["profile"])
