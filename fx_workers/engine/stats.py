@@ -17,7 +17,7 @@ import numpy as np
 from fx_workers.protocol import PartStats
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from fx_workers.config import DriftConfig
 
@@ -53,7 +53,7 @@ def part_stats(values: np.ndarray) -> PartStats:
     )
 
 
-def _pick(a: float | None, b: float | None, better: type[min] | type[max]) -> float | None:
+def _pick(a: float | None, b: float | None, better: Callable[[float, float], float]) -> float | None:
     return b if a is None else a if b is None else better(a, b)
 
 

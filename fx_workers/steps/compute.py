@@ -21,11 +21,10 @@ def write_batch(writer: BatchWriter, request: ExtractionRequest, features: Batch
     started = time.perf_counter()
     checksum = writer.write(features)
     written = time.perf_counter()
-    signal = CompletionSignal(
+    return CompletionSignal(
         run_id=request.run_id, plan=request.plan, batch_id=request.batch_id, status=BatchStatus.OK,
         attempt=attempt, worker_id=worker_id, accounts=len(features.node_ids), transfers=len(features.tx_ids),
         checksum=checksum, nodes=part_stats(features.node_values), edges=part_stats(features.edge_values),
         timings_ms={**(timings_ms or {}), "write": round((written - started) * 1000, 1),
                     "stats": round((time.perf_counter() - written) * 1000, 1)},
     )
-    return signal

@@ -71,6 +71,7 @@ class VerifyReport:
 
 
 def _check_counts(report: VerifyReport, manifest: dict[str, str], batches: list[list[str]]) -> list:
+    """Check the aggregation's per-batch table against the plan; returns the table."""
     table = json.loads(manifest.get("batch_table", "[]"))
     if len(table) != len(batches):
         report.failures.append(f"the aggregation saw {len(table)} batches; the plan has {len(batches)} "
@@ -166,7 +167,7 @@ def verify_run(settings: Settings, client: redis.Redis, run_id: str | None = Non
     plan = Plan.from_manifest(run_id, manifest)
     report = VerifyReport(run_id, batches=plan.batches)
     planned = [ids for _, ids in stored_batches(client, keys, plan)]
-    _check_counts(report, manifest, planned)
+    table = _check_counts(report, manifest, planned)
     _check_values(report, manifest)
     rng = random.Random(f"{run_id}/{plan.fingerprint}")
     sample = settings.extraction.verify_sample if sample is None else sample
@@ -174,7 +175,6 @@ def verify_run(settings: Settings, client: redis.Redis, run_id: str | None = Non
     chosen = sorted(rng.sample(every_id, min(sample, len(every_id))))
     batches = settings.extraction.verify_batches if batches is None else batches
     checked = sorted(rng.sample(range(plan.batches), min(batches, plan.batches)))
-    table = json.loads(manifest.get("batch_table", "[]"))
     reader = FeatureReader(client, keys, run_id)
     with open_driver(settings.neo4j) as driver, (progress or no_progress)("verifying", 1 + len(checked)) as advance:
         if chosen:
