@@ -226,3 +226,16 @@ def test_features_get_prints_json_and_names_missing_ids(piece: Slice, graph: lis
     assert "pair_count" in fx(piece, "features", "get", tx.tx_id, "--edge").stdout
     missing = fx(piece, "features", "get", "no-such-account", check=False)
     assert missing.returncode == 1 and "no-such-account" in missing.stderr
+
+
+def test_two_runs_at_once_do_not_cross(piece: Slice, graph: list[Transfer], redis_client: redis.Redis) -> None:
+    times = as_ofs(graph)
+    both = [subprocess.Popen([FX, "extract", "--local", "--as-of", str(times[when]), "--batch-size", "20"],
+                             env=piece.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for when in ("early", "after")]
+    assert [run.wait(timeout=600) for run in both] == [0, 0], [run.stderr.read() for run in both]
+    registry = piece.registry(redis_client)
+    concurrent = {r.get("as_of"): piece.snapshot(redis_client, r.run_id) for r in registry.list()[:2]}
+    for when in ("early", "after"):
+        extract(piece, times[when])
+        assert piece.snapshot(redis_client) == concurrent[str(times[when])], when
