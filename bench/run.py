@@ -86,7 +86,7 @@ def commit() -> str:
         return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
                               check=False).stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "fx_workers", "bench")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "fx_workers", "bench")
     return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
 
 
