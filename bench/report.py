@@ -325,7 +325,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    generated = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if not size.get("name")]
+    latest = {size["transactions"]: summarise(size["runs"]) for size in results["sizes"] if not size.get("name")}
+    generated = sorted(latest.items())  # a size measured twice (merged results): its last measurement
     named = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if size.get("name")]
     for mode in MODES:
         points = [(n, s[mode].seconds) for n, s in generated if mode in s]

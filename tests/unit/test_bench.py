@@ -281,10 +281,10 @@ def test_merge_appends_the_sizes_of_later_runs() -> None:
     first, second = results(), results() | {"command": "python -m bench.run --sizes 1000000",
                                             "finished_at": "2025-01-02T00:00:00+00:00", "notes": ["1M once"]}
     second["sizes"] = [{**second["sizes"][0], "transactions": 1_000_000}]
-    del second["profile"]
+    del first["profile"]
     merged = merge([first, second])
     assert [s["transactions"] for s in merged["sizes"]] == [500, 1_000_000]
     assert merged["sizes"][1]["notes"][0] == "measured by `python -m bench.run --sizes 1000000` at commit ?"
     assert merged["command"] == "python -m bench.run --sizes 500; python -m bench.run --sizes 1000000"
     assert (merged["finished_at"], merged["notes"], merged["profile"]) == (second["finished_at"], ["1M once"],
-                                                                           first["profile"])
+                                                                           second["profile"])
