@@ -83,8 +83,10 @@ clean-stack: down ## Delete the stack's data, logs and password (keeps the jars)
 	@$(STACKCTL) clean
 
 .PHONY: bench bench-full
-bench: setup up ## Benchmark naive, local, distributed, dag (Airflow) and the I/O floor up to 100k + AMLSim (docs/benchmarks.md)
-	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim
+# bench: about 20 minutes on 2 cores (naive only to 10k, 2 and 4 workers); bench-full adds naive at 100k,
+# 1 worker and 1M transactions (every mode but naive and dag): about an hour (estimated from single runs).
+bench: setup up ## Benchmark local, distributed, dag (Airflow), naive and the I/O floor up to 100k + AMLSim (docs/benchmarks.md)
+	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim --workers 2,4 --naive-max 10000
 
-bench-full: setup up ## The same, plus 1M transactions, distributed included (naive stops at 100k)
+bench-full: setup up ## The same with naive to 100k and 1 worker, plus 1M transactions, distributed included
 	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim,1000000
