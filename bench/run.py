@@ -259,7 +259,7 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
     if transactions <= args.naive_max:
         modes = {"naive": []} | modes
     else:
-        notes.append(f"naive not run: it is only measured up to {args.naive_max:,} transactions")
+        notes.append(f"naive not run: --naive-max is {args.naive_max:,} transactions")
     modes |= {f"distributed-{k}": [] for k in args.workers}
     if size in args.dag_sizes:
         if problem := stale_workers(stack_settings()):
