@@ -325,11 +325,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    latest = {size["transactions"]: summarise(size["runs"]) for size in results["sizes"] if not size.get("name")}
-    generated = sorted(latest.items())  # a size measured twice (merged results): its last measurement
+    generated = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if not size.get("name")]
     named = [(size["transactions"], summarise(size["runs"])) for size in results["sizes"] if size.get("name")]
     for mode in MODES:
-        points = [(n, s[mode].seconds) for n, s in generated if mode in s]
+        latest = {n: s[mode].seconds for n, s in generated if mode in s}  # merged results: a size's last
+        points = sorted(latest.items())
         if points:
             xs, ys = zip(*points, strict=True)
             [line] = axes.plot(xs, ys, marker="o", linestyle="--" if mode in FLOORS else "-", label=mode)

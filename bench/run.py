@@ -294,14 +294,14 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One results document from several runs of the bench on the same machine: the first's metadata,
     every run's commands, notes and sizes (each noting the command and commit that measured it), the
-    last's end and profile."""
+    latest end, and the last profile."""
     results = dict(parts[0])
     results["command"] = "; ".join(part["command"] for part in parts)
     results["notes"] = [note for part in parts for note in part.get("notes", [])]
     results["sizes"] = [{**size, "notes": [f"measured by `{part['command']}` at commit {part.get('commit', '?')}",
                                            *size["notes"]]}
                         for part in parts for size in part["sizes"]]
-    results["finished_at"] = parts[-1]["finished_at"]
+    results["finished_at"] = max(part["finished_at"] for part in parts)
     results["commit"] = ", ".join(dict.fromkeys(part.get("commit", "?") for part in parts))
     results["profile"] = next((part["profile"] for part in reversed(parts) if part.get("profile")), None)
     return results
