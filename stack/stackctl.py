@@ -358,7 +358,8 @@ def redis_service(settings: Settings, layout: Layout) -> Service:
     config = settings.redis
     folder = layout.home("redis")
     acl_file = folder / "users.acl"
-    persistence = ("--appendonly", "yes") if config.persistence else ("--appendonly", "no", "--save", "")
+    # The append-only file alone keeps the data; RDB snapshots on top would rewrite it all every minute.
+    persistence = ("--appendonly", "yes" if config.persistence else "no", "--save", "")
 
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)

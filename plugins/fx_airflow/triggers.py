@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 LISTED = 50
 """Missing or failed batches named in an event; the rest are counted."""
+POLL_SECONDS = 0.2
+"""The longest ``consume`` waits: short, so the last signal is seen soon after it arrives."""
 QUIET_SECONDS = 60.0
 """The longest time without a progress line, even when no batch finished."""
 
@@ -152,7 +154,7 @@ class BatchCompletionTrigger(BaseTrigger):
                       self.topic, self.start_offsets)
         logged_at, logged_done = time.monotonic(), 0
         while True:
-            for message in await asyncio.to_thread(self._locked, consumer.consume, 500, 1.0):
+            for message in await asyncio.to_thread(self._locked, consumer.consume, 500, POLL_SECONDS):
                 if (counted := self._completion(message)) is not None:
                     progress.add(*counted)
             if progress.failed:

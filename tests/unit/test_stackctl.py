@@ -84,6 +84,7 @@ def test_services_take_ports_and_paths_from_config(settings: Settings, layout: s
     assert redis[redis.index("--port") + 1] == "6390"
     assert redis[redis.index("--dir") + 1] == str(settings.stack.dir / "redis")
     assert redis[redis.index("--appendonly") + 1] == "yes"  # persistence is on in config.yaml: a restart keeps runs
+    assert redis[redis.index("--save") + 1] == ""  # the append-only file alone: no RDB snapshot every minute
     assert f"-Xmx{settings.stack.neo4j_heap}" in services["neo4j"].command
     assert f"-Xmx{settings.stack.kafka_heap}" in services["kafka"].command
     assert services["neo4j"].env["NEO4J_CONF"] == str(settings.stack.dir / "neo4j" / "conf")
