@@ -46,7 +46,7 @@ from fx_workers.store.writer import BatchWriter
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from confluent_kafka import Consumer, Message, Producer
+    from confluent_kafka import Consumer, KafkaError, Message, Producer
     from neo4j import Driver
     from redis import Redis
 
@@ -101,6 +101,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, KafkaException):
         return exc.args[0].retriable()
     return isinstance(exc, DeliveryError | ConnectionError | TimeoutError | BusyLoadingError)
+
+
+def is_fatal(error: KafkaError) -> bool:
+    """A consumer error it cannot recover from: librdkafka's fatal error (reported as ``_FATAL``, with the
+    flag on the original error only) or a static member fenced by its own replacement after a broker
+    restart. The consumer must be rebuilt; polling it further returns nothing."""
+    from confluent_kafka import KafkaError
+
+    return error.fatal() or error.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID)
 
 
 def retry_delays(first: float, total: float, cap: float = MAX_BACKOFF_SECONDS) -> Iterator[float]:
@@ -175,7 +184,7 @@ class Worker:
                 if message is None:
                     continue
                 if (error := message.error()) is not None:
-                    if error.fatal():
+                    if is_fatal(error):
                         log.error("fatal consumer error, rebuilding the consumer: %s", error)
                         consumer = self._rebuild(consumer)
                     else:
@@ -403,7 +412,7 @@ class Worker:
             consumer.commit(message=message, asynchronous=False)
         except KafkaException as exc:
             log.warning("commit of offset %s failed (it will be redelivered): %s", message.offset(), exc)
-            if exc.args[0].fatal():
+            if is_fatal(exc.args[0]):
                 log.error("fatal consumer error, rebuilding the consumer: %s", exc)
                 return self._rebuild(consumer)
         return consumer

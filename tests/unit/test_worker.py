@@ -87,3 +87,14 @@ def test_an_unexpected_error_is_dead_lettered_and_an_outage_is_read_again() -> N
     worker._stopping.set()  # no pause in the test
     assert not worker._process(Message(b"x"), None, None, None)  # type: ignore[arg-type]
     assert len(produced) == 1
+
+
+def test_a_fenced_static_member_is_fatal() -> None:
+    from confluent_kafka import KafkaError
+
+    from fx_workers.worker import is_fatal
+
+    assert is_fatal(KafkaError(KafkaError._FATAL, "Fatal error: Static consumer fenced"))
+    assert is_fatal(KafkaError(KafkaError.FENCED_INSTANCE_ID, "Commit failed"))
+    assert is_fatal(KafkaError(KafkaError.UNKNOWN, "x", fatal=True))
+    assert not is_fatal(KafkaError(KafkaError._TRANSPORT, "broker down"))
