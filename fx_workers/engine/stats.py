@@ -68,11 +68,15 @@ class Accumulator:
         self.total, self.squares = np.zeros(features), np.zeros(features)
         self.hist = np.zeros((features, BINS), dtype=np.int64)
 
-    def add(self, part: PartStats) -> None:
-        """:raises ValueError: when the part has other features or bins"""
+    def check(self, part: PartStats) -> None:
+        """:raises ValueError: when the part has other features or bins than this accumulator"""
         if len(part.nan) != len(self.nan) or np.shape(part.hist) != self.hist.shape:
             raise ValueError(f"statistics of {len(part.nan)} features with {np.shape(part.hist)} bins; "
                              f"expected {len(self.nan)} features with {self.hist.shape[1]} bins")
+
+    def add(self, part: PartStats) -> None:
+        """:raises ValueError: when the part has other features or bins"""
+        self.check(part)
         self.rows += part.rows
         self.nan += part.nan
         self.low = [_pick(a, b, min) for a, b in zip(self.low, part.min, strict=True)]

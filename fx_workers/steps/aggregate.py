@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.engine.stats import Accumulator, drift, summarise
+from fx_workers.engine.stats import Accumulator, FeatureDrift, drift, summarise
 from fx_workers.protocol import BatchStatus, CompletionSignal, MessageError, PartStats
 from fx_workers.steps.plan import Plan
 from fx_workers.steps.topics import end_offsets, read_run
@@ -64,17 +64,24 @@ class Tally:
             else:
                 self.conflicts[batch] |= {checksum, signal.checksum}
             return
+        parts = {"nodes": signal.nodes, "edges": signal.edges}
         try:
-            for part, stats in (("nodes", signal.nodes), ("edges", signal.edges)):
-                self.stats[part].add(stats)
+            for part, stats in parts.items():  # both checked before either is merged
+                self.stats[part].check(stats)
         except ValueError as exc:
             self.foreign += 1
             log.warning("ignored batch %d's signal from worker %s: %s", batch, signal.worker_id, exc)
             return
+        for part, stats in parts.items():
+            self.stats[part].add(stats)
         self.counted[batch] = (signal.accounts, signal.transfers, signal.checksum)
         self.failed.pop(batch, None)
 
-    def manifest_fields(self) -> dict[str, Any]:
+    def merged(self) -> dict[str, PartStats]:
+        """The run's statistics so far, per part."""
+        return {part: acc.result() for part, acc in self.stats.items()}
+
+    def manifest_fields(self, merged: dict[str, PartStats]) -> dict[str, Any]:
         """What the manifest records of the aggregation (verification reads it back)."""
         table = [list(self.counted[b]) if b in self.counted else None for b in range(self.plan.batches)]
         return {
@@ -84,7 +91,7 @@ class Tally:
             "batch_table": json.dumps(table),
             "conflicts": json.dumps({str(b): sorted(c) for b, c in self.conflicts.items()}),
             "failed_batches": json.dumps({str(b): e for b, e in self.failed.items()}),
-            "stats": json.dumps({p: acc.result().model_dump(mode="json") for p, acc in self.stats.items()}),
+            "stats": json.dumps({p: stats.model_dump(mode="json") for p, stats in merged.items()}),
         }
 
 
@@ -102,22 +109,29 @@ def stored_stats(manifest: dict[str, str]) -> dict[str, PartStats] | None:
     return {part: PartStats.model_validate(data) for part, data in json.loads(manifest["stats"]).items()}
 
 
-def drift_fields(settings: Settings, registry: RunRegistry, run_id: str, stats: dict[str, PartStats]) -> dict[str, Any]:
-    """Drift of every feature against the published run, and the verdict (``fail`` beats ``warn``)."""
+def drift_rows(settings: Settings, registry: RunRegistry, run_id: str,
+               stats: dict[str, PartStats]) -> tuple[str, list[FeatureDrift]]:
+    """The published run compared against, and every feature's drift from it (none without one)."""
     previous_id = registry.latest()
     previous = stored_stats(registry.manifest(previous_id)) if previous_id and previous_id != run_id else None
-    if previous is None or any(len(previous[p].nan) != len(stats[p].nan) for p in PARTS):
+    if previous_id is None or previous is None or any(len(previous[p].nan) != len(stats[p].nan) for p in PARTS):
+        return "", []
+    return previous_id, [row for part, names in PARTS.items()
+                         for row in drift(stats[part], previous[part], names, settings.drift)]
+
+
+def drift_fields(against: str, rows: list[FeatureDrift]) -> dict[str, Any]:
+    """The manifest's drift fields; the verdict is the worst row's (``fail`` beats ``warn``)."""
+    if not against:
         return {"drift_against": "", "drift": "[]", "drift_verdict": "none"}
-    rows = [row for part, names in PARTS.items()
-            for row in drift(stats[part], previous[part], names, settings.drift)]
     verdicts = {row.verdict for row in rows}
     verdict = "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "ok"
-    return {"drift_against": previous_id, "drift": json.dumps([r.as_dict() for r in rows]), "drift_verdict": verdict}
+    return {"drift_against": against, "drift": json.dumps([r.as_dict() for r in rows]), "drift_verdict": verdict}
 
 
-def stats_table(stats: dict[str, PartStats], drift_rows: list[dict[str, Any]]) -> str:
+def stats_table(stats: dict[str, PartStats], rows: list[FeatureDrift]) -> str:
     """The task log's compact table: one line per feature."""
-    by_name = {row["name"]: row for row in drift_rows}
+    by_name = {row.name: row.as_dict() for row in rows}
     lines = [f"{'feature':<34} {'mean':>12} {'std':>12} {'min':>12} {'max':>12} {'nan':>5} {'psi':>7} drift"]
     for part, names in PARTS.items():
         for s in summarise(stats[part], names):
@@ -134,14 +148,14 @@ def _g(value: float | None) -> str:
 def record_aggregate(settings: Settings, client: redis.Redis, plan: Plan, result: Tally) -> dict[str, Any]:
     """Write the aggregation and the drift into the manifest; log the table; return the summary."""
     registry = RunRegistry(client, RedisKeys(settings.redis.prefix))
-    fields = result.manifest_fields()
-    stats = {p: acc.result() for p, acc in result.stats.items()}
-    fields |= drift_fields(settings, registry, plan.run_id, stats)
+    stats = result.merged()
+    against, rows = drift_rows(settings, registry, plan.run_id, stats)
+    fields = result.manifest_fields(stats) | drift_fields(against, rows)
     registry.update(plan.run_id, fields)
     log.info("aggregated run=%s batches=%d/%d accounts=%d transfers=%d duplicates=%d conflicts=%d foreign=%d "
              "drift=%s against %s\n%s", plan.run_id, len(result.counted), plan.batches, fields["accounts_written"],
              fields["transfers"], result.duplicates, len(result.conflicts), result.foreign, fields["drift_verdict"],
-             fields["drift_against"] or "no previous run", stats_table(stats, json.loads(fields["drift"])))
+             against or "no previous run", stats_table(stats, rows))
     return {k: fields[k] for k in ("accounts_written", "transfers", "batches_counted", "duplicates", "drift_verdict")}
 
 

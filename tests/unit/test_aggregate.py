@@ -28,7 +28,7 @@ def signal(batch_id: int, seed: int = 0, **change: object) -> CompletionSignal:
 def test_each_batch_counts_once_and_the_statistics_are_the_counted_batches() -> None:
     result = tally(PLAN, [signal(0), signal(1), signal(0), signal(2), signal(1)])
     assert sorted(result.counted) == [0, 1, 2] and result.duplicates == 2
-    fields = result.manifest_fields()
+    fields = result.manifest_fields(result.merged())
     assert (fields["accounts_written"], fields["transfers"]) == (6, 3)
     assert json.loads(fields["batch_table"]) == [[2, 1, f"{0:032x}"]] * 3
     stats = json.loads(fields["stats"])
@@ -40,13 +40,13 @@ def test_each_batch_counts_once_and_the_statistics_are_the_counted_batches() -> 
 def test_a_copy_with_other_content_is_a_conflict() -> None:
     result = tally(PLAN, [signal(0), signal(0, seed=1)])
     assert dict(result.conflicts) == {0: {f"{0:032x}", f"{1:032x}"}}
-    assert json.loads(result.manifest_fields()["conflicts"]) == {"0": sorted({f"{0:032x}", f"{1:032x}"})}
+    assert json.loads(result.manifest_fields(result.merged())["conflicts"]) == {"0": sorted({f"{0:032x}", f"{1:032x}"})}
 
 
 def test_signals_of_another_plan_or_run_or_beyond_the_plan_are_not_counted() -> None:
     result = tally(PLAN, [signal(0, plan="fedcba9876543210"), signal(0, run_id="r2"), signal(7)])
     assert result.counted == {} and result.foreign == 3
-    assert json.loads(result.manifest_fields()["batch_table"]) == [None, None, None]
+    assert json.loads(result.manifest_fields(result.merged())["batch_table"]) == [None, None, None]
 
 
 def test_a_failure_counts_only_until_a_copy_succeeds() -> None:
@@ -60,7 +60,8 @@ def test_a_failure_counts_only_until_a_copy_succeeds() -> None:
 
 
 def test_statistics_of_another_catalogue_are_refused() -> None:
-    odd = signal(0, nodes=part_stats(np.zeros((2, 3))))
     result = Tally(PLAN)
-    result.add(odd)
-    assert (result.counted, result.foreign) == ({}, 1)
+    result.add(signal(0, nodes=part_stats(np.zeros((2, 3)))))
+    result.add(signal(1, edges=part_stats(np.zeros((1, 3)))))  # good nodes, odd edges: neither part is merged
+    assert (result.counted, result.foreign) == ({}, 2)
+    assert {part: stats.rows for part, stats in result.merged().items()} == {"nodes": 0, "edges": 0}
