@@ -9,8 +9,10 @@
    stored in Redis (a retry sends the same requests; Neo4j is not read again).
 3. **wait_for_workers** defers to the triggerer, which counts the workers' completion signals of
    this plan and logs `progress ... batches=done/total ... eta=...` lines; it fails on a failed batch
-   and on `timeout_minutes`, naming the missing batches. Workers write each batch straight into the
-   run's own namespace in Redis; no feature value crosses Kafka.
+   and on `timeout_minutes`, naming the missing batches. A batch failed only by an outage (a service
+   down for longer than the workers' `retry_seconds`) is sent again, up to 3 times, within the deadline.
+   Workers write each batch straight into the run's own namespace in Redis; no feature value crosses
+   Kafka.
 4. **aggregate** merges the signals (each batch once), the run's per-feature statistics and the
    drift against the published run into the manifest, and logs them as a table.
 5. **verify** checks counts, a recomputed sample and sampled checksums; only then it points
@@ -153,7 +155,8 @@ def fx_extract() -> None:
         synchronous=False,
     )
     waited = WaitForBatchesOperator(task_id="wait_for_workers", plan=planned, topic=topics.results,
-                                    timeout_minutes="{{ params.timeout_minutes }}", kafka_config_id=KAFKA, retries=0)
+                                    requests_topic=topics.requests, timeout_minutes="{{ params.timeout_minutes }}",
+                                    kafka_config_id=KAFKA, retries=0)
     aggregated = aggregate(planned)
     planned >> publish >> waited >> aggregated >> verify(planned, waited.output) >> retire()
 

@@ -166,6 +166,9 @@ class CompletionSignal(_Message):
     nodes: PartStats | None = None
     edges: PartStats | None = None
     error: Annotated[str, Field(max_length=4000)] | None = None
+    transient: bool = False
+    """On ``failed``: the batch failed only through an outage that outlasted ``workers.retry_seconds``
+    (a service down or restarting), so the DAG sends it again while its deadline allows."""
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")

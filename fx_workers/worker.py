@@ -297,13 +297,15 @@ class Worker:
         if request.schema_version != SCHEMA_VERSION:
             error = f"schema_version must be {SCHEMA_VERSION} (this worker's catalogue). Got {request.schema_version}"
         attempt, delays = 0, retry_delays(self.backoff_seconds, self.settings.workers.retry_seconds)
+        transient = False
         while error is None:
             attempt += 1
             try:
                 self._extract(request, driver, redis, producer, attempt)
                 break
             except Exception as exc:
-                delay = next(delays, None) if is_transient(exc) else None
+                transient = is_transient(exc)
+                delay = next(delays, None) if transient else None
                 if delay is None:
                     error = f"{type(exc).__name__}: {exc} (attempt {attempt})"
                     log.exception("batch failed run=%s batch=%d", request.run_id, request.batch_id)
@@ -313,7 +315,7 @@ class Worker:
                     if self._stopping.wait(delay):
                         raise ColdStopError("stopped while retrying") from exc
         if error is not None:
-            self._fail(request, message, producer, error, attempt)
+            self._fail(request, message, producer, error, attempt, transient=transient)
         self.stats.current = None
 
     def _refusal(self, request: ExtractionRequest, redis: Redis) -> str | None:
@@ -357,11 +359,11 @@ class Worker:
         )
 
     def _fail(self, request: ExtractionRequest, message: Message, producer: Producer, error: str,
-              attempts: int) -> None:
-        """Dead-letter the request and tell the DAG the batch failed."""
+              attempts: int, *, transient: bool = False) -> None:
+        """Dead-letter the request and tell the DAG the batch failed (``transient``: by an outage only)."""
         signal = CompletionSignal(run_id=request.run_id, plan=request.plan, batch_id=request.batch_id,
                                   status=BatchStatus.FAILED, attempt=max(attempts, 1), worker_id=self.worker_id,
-                                  error=error[:4000])
+                                  error=error[:4000], transient=transient)
         self._produce(producer, [self._dead_letter(message, error, request), self._signal(signal)],
                       run_id=request.run_id)
         self.stats.failed += 1

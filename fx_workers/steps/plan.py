@@ -27,7 +27,7 @@ from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry, new_run_id
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     import redis
     from neo4j import Driver
@@ -148,14 +148,16 @@ def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of:
     return plan, batches
 
 
-def stored_batches(client: redis.Redis, keys: RedisKeys, plan: Plan) -> Iterator[tuple[int, list[str]]]:
-    """``(batch_id, account ids)`` of the plan, read back from Redis in order.
+def stored_batches(client: redis.Redis, keys: RedisKeys, plan: Plan,
+                   only: Sequence[int] | None = None) -> Iterator[tuple[int, list[str]]]:
+    """``(batch_id, account ids)`` of the plan (or of its batches ``only``), read back from Redis in order.
 
     :raises PipelineError: when a batch is gone (the run was deleted)
     """
     namespace = keys.of_run(plan.run_id)
-    for start in range(0, plan.batches, PLAN_READ_CHUNK):
-        batch_ids = range(start, min(start + PLAN_READ_CHUNK, plan.batches))
+    wanted = range(plan.batches) if only is None else sorted(only)
+    for start in range(0, len(wanted), PLAN_READ_CHUNK):
+        batch_ids = wanted[start : start + PLAN_READ_CHUNK]
         pipe = client.pipeline(transaction=False)
         for batch_id in batch_ids:
             pipe.get(namespace.plan_batch(batch_id))
@@ -175,12 +177,14 @@ def request_key(batch_id: int, partitions: int) -> bytes:
     return key
 
 
-def request_messages(client: redis.Redis, settings: Settings, plan: dict[str, Any]) -> Iterator[tuple[bytes, bytes]]:
-    """The plan's requests as ``(key, value)``, from the plan stored in Redis (a retry sends the same)."""
+def request_messages(client: redis.Redis, settings: Settings, plan: dict[str, Any],
+                     only: Sequence[int] | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """The plan's requests (or those of its batches ``only``) as ``(key, value)``, from the plan stored in
+    Redis: a retry, or a batch sent again after an outage, gets the same request."""
     run = Plan.from_dict(plan)
     partitions = settings.kafka.partitions.requests
-    for batch_id, ids in stored_batches(client, RedisKeys(settings.redis.prefix), run):
+    for batch_id, ids in stored_batches(client, RedisKeys(settings.redis.prefix), run, only):
         request = ExtractionRequest(run_id=run.run_id, plan=run.fingerprint, batch_id=batch_id, batches=run.batches,
                                     as_of=run.as_of, schema_version=run.schema_version, ids=ids)
         yield request_key(batch_id, partitions), request.encode()
-    log.info("produced %d requests for run %s (%d accounts)", run.batches, run.run_id, run.accounts)
+    log.info("produced %d requests for run %s", run.batches if only is None else len(only), run.run_id)

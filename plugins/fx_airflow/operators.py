@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+MAX_RESENDS = 3
+"""Times one batch is sent again after failing through an outage (each failure already took
+``workers.retry_seconds`` of retries in the worker), while the deadline allows."""
+
+
 class BatchesFailedError(RuntimeError):
     """A batch failed or did not complete in time; the message lists which."""
 
@@ -21,44 +26,80 @@ class BatchesFailedError(RuntimeError):
 class WaitForBatchesOperator(BaseOperator):
     """Defer to :class:`BatchCompletionTrigger` until every batch of the plan is done.
 
+    A batch that failed only through an outage (its signal says ``transient``) is sent again from the
+    plan stored in Redis, and the task defers once more with the same deadline; any other failure
+    fails the task at once.
+
     :param plan: the plan task's summary (``run_id``, ``fingerprint``, ``batches``, ``start_offsets``)
     :param topic: the results topic
+    :param requests_topic: where batches are sent again
     :param timeout_minutes: how long the workers may take, from deferral
     :param kafka_config_id: the Kafka connection, defaults to "fx_kafka"
+    :param redis_config_id: the Redis connection holding the plan, defaults to "fx_redis"
     """
 
     template_fields = ("plan", "timeout_minutes")
     ui_color = "#ffefeb"
 
-    def __init__(self, *, plan: Any, topic: str, timeout_minutes: Any, kafka_config_id: str = "fx_kafka",
-                 **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, topic: str, requests_topic: str, timeout_minutes: Any,
+                 kafka_config_id: str = "fx_kafka", redis_config_id: str = "fx_redis", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
         self.topic = topic
+        self.requests_topic = requests_topic
         self.timeout_minutes = timeout_minutes
         self.kafka_config_id = kafka_config_id
+        self.redis_config_id = redis_config_id
 
     def execute(self, context: Context) -> None:
-        minutes = float(self.timeout_minutes)
+        self._wait(deadline=time.time() + float(self.timeout_minutes) * 60, resent={})
+
+    def _wait(self, deadline: float, resent: dict[str, int]) -> None:
         trigger = BatchCompletionTrigger(
             run_id=self.plan["run_id"], plan=self.plan["fingerprint"], topic=self.topic,
-            start_offsets=self.plan["start_offsets"], batches=self.plan["batches"], deadline=time.time() + minutes * 60,
-            kafka_config_id=self.kafka_config_id,
+            start_offsets=self.plan["start_offsets"], batches=self.plan["batches"], deadline=deadline,
+            kafka_config_id=self.kafka_config_id, resent=resent,
         )
         # The trigger's own deadline fires first and names the missing batches; this is the backstop.
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(minutes=minutes + 2))
+        self.defer(trigger=trigger, method_name="execute_complete",
+                   timeout=timedelta(seconds=max(deadline - time.time(), 0) + 120))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Return the event's summary when every batch is done.
+        """Return the event's summary when every batch is done; send outage-failed batches again.
 
-        :raises BatchesFailedError: on a failed batch or a timeout
+        :raises BatchesFailedError: on a failed batch, a timeout, or outage failures past the budget
         """
         if event["status"] == "done":
             self.log.info("all %d batches of run %s done in %.1fs", event["total"], event["run_id"], event["seconds"])
             return event
-        detail = (f"failed batches: {event['failed']}" if event["status"] == "failed"
-                  else f"missing {event['missing_count']} batches: {event['missing']}")
+        if event["status"] == "retry":
+            exhausted = sorted(int(b) for b, n in event["failures"].items() if n > MAX_RESENDS)
+            if not exhausted and time.time() < event["deadline"]:
+                self._resend(sorted(int(b) for b in event["retryable"]))
+                self._wait(event["deadline"], {**event["resent"], **event["failures"]})
+            event = {**event, "failed": event["retryable"]}
+        detail = (f"missing {event['missing_count']} batches: {event['missing']}" if event["status"] == "timeout"
+                  else f"failed batches: {event['failed']}")
         raise BatchesFailedError(
             f"run {event['run_id']}: {event['status']} after {event['seconds']:.0f}s with "
             f"{event['done']}/{event['total']} batches done; {detail} (see the worker logs and the DLQ)"
         )
+
+    def _resend(self, batches: list[int]) -> None:
+        """Send ``batches`` again, the same requests as ``publish`` sent, read from the plan in Redis."""
+        from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+        from airflow.providers.redis.hooks.redis import RedisHook
+
+        from fx_workers.config import settings
+        from fx_workers.steps.plan import request_messages
+        from fx_workers.steps.topics import fail_on_delivery_error
+
+        self.log.warning("run %s: sending %d batches again after an outage: %s", self.plan["run_id"], len(batches),
+                         batches[:50])
+        producer = KafkaProducerHook(self.kafka_config_id).get_producer()
+        for key, value in request_messages(RedisHook(self.redis_config_id).get_conn(), settings(), self.plan, batches):
+            producer.produce(self.requests_topic, key=key, value=value, on_delivery=fail_on_delivery_error)
+            producer.poll(0)
+        if undelivered := producer.flush(30):
+            raise BatchesFailedError(f"run {self.plan['run_id']}: {undelivered} requests sent again were not "
+                                     f"delivered to {self.requests_topic} within 30 s")

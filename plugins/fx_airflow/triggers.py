@@ -46,22 +46,34 @@ QUIET_SECONDS = 60.0
 
 @dataclass
 class BatchProgress:
-    """Distinct completed batches of one run, with the rate and ETA for progress lines."""
+    """Distinct completed batches of one run, with the rate and ETA for progress lines.
+
+    A batch's failures are counted in the order Kafka keeps them (one partition per batch); the first
+    ``resent[b]`` failures of batch ``b`` were already answered by sending it again, so they no longer count.
+    """
 
     run_id: str
     total: int
+    resent: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     done: set[int] = field(default_factory=set)
     failed: dict[int, str] = field(default_factory=dict)
-    """Error per failed batch id."""
+    """Error per batch that failed for good."""
+    retryable: dict[int, str] = field(default_factory=dict)
+    """Error per batch that failed only through an outage: worth sending again."""
+    failures: dict[int, int] = field(default_factory=dict)
 
-    def add(self, batch_id: int, error: str | None = None) -> None:
+    def add(self, batch_id: int, error: str | None = None, *, transient: bool = False) -> None:
         """Count a batch's signal; a batch that succeeded once is done, whatever a redelivered copy says."""
         if error is None:
             self.done.add(batch_id)
             self.failed.pop(batch_id, None)
-        elif batch_id not in self.done:
-            self.failed.setdefault(batch_id, error)
+            self.retryable.pop(batch_id, None)
+            return
+        self.failures[batch_id] = self.failures.get(batch_id, 0) + 1
+        if batch_id in self.done or self.failures[batch_id] <= self.resent.get(batch_id, 0):
+            return
+        (self.retryable if transient else self.failed).setdefault(batch_id, error)
 
     @property
     def complete(self) -> bool:
@@ -80,18 +92,23 @@ class BatchProgress:
                 f"elapsed={elapsed:.0f}s eta={eta}")
 
     def event(self, status: str) -> dict[str, Any]:
-        """The JSON-safe payload of the trigger event."""
+        """The JSON-safe payload of the trigger event; ``retryable`` and ``resent`` are complete, so the
+        operator can send those batches again and defer with the counts carried on."""
         missing = self.missing()
         return {
             "status": status, "run_id": self.run_id, "done": len(self.done), "total": self.total,
             "seconds": round(time.monotonic() - self.started, 3),
             "missing": missing[:LISTED], "missing_count": len(missing),
             "failed": {str(b): e for b, e in sorted(self.failed.items())[:LISTED]},
+            "retryable": {str(b): e for b, e in sorted(self.retryable.items())},
+            "resent": {str(b): n for b, n in sorted(self.resent.items())},
+            "failures": {str(b): self.failures[b] for b in sorted(self.retryable)},
         }
 
 
 class BatchCompletionTrigger(BaseTrigger):
-    """Fire when every batch ``0..batches-1`` of ``run_id`` has completed, one failed, or ``deadline`` passed.
+    """Fire when every batch ``0..batches-1`` of ``run_id`` has completed, one failed (status ``retry`` when
+    only through an outage), or ``deadline`` passed.
 
     :param run_id: the run whose completion signals count
     :param plan: the run's plan fingerprint; signals of another plan do not count
@@ -101,6 +118,8 @@ class BatchCompletionTrigger(BaseTrigger):
     :param deadline: epoch seconds; absolute, so a restarted trigger keeps the original timeout
     :param kafka_config_id: the Kafka connection, defaults to "fx_kafka"
     :param progress_seconds: the least time between two progress lines, defaults to 5
+    :param resent: per batch (a string, for JSON), how many of its failures were answered by sending it
+        again; those failures no longer count
     """
 
     def __init__(
@@ -113,6 +132,7 @@ class BatchCompletionTrigger(BaseTrigger):
         deadline: float,
         kafka_config_id: str = "fx_kafka",
         progress_seconds: float = 5.0,
+        resent: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.run_id = run_id
@@ -123,6 +143,7 @@ class BatchCompletionTrigger(BaseTrigger):
         self.deadline = deadline
         self.kafka_config_id = kafka_config_id
         self.progress_seconds = progress_seconds
+        self.resent = resent or {}
         self._consumer: Consumer | None = None
         self._client_lock = threading.Lock()
         """Held around every consumer call: a cancelled ``consume`` thread may still run when cleanup closes."""
@@ -139,6 +160,7 @@ class BatchCompletionTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "kafka_config_id": self.kafka_config_id,
                 "progress_seconds": self.progress_seconds,
+                "resent": self.resent,
             },
         )
 
@@ -149,17 +171,22 @@ class BatchCompletionTrigger(BaseTrigger):
         await asyncio.to_thread(
             consumer.assign, [TopicPartition(self.topic, int(p), o) for p, o in self.start_offsets.items()]
         )
-        progress = BatchProgress(self.run_id, self.batches)
+        progress = BatchProgress(self.run_id, self.batches, {int(b): n for b, n in self.resent.items()})
         self.log.info("waiting for %d batches of run %s on %s from offsets %s", self.batches, self.run_id,
                       self.topic, self.start_offsets)
         logged_at, logged_done = time.monotonic(), 0
         while True:
             for message in await asyncio.to_thread(self._locked, consumer.consume, 500, POLL_SECONDS):
                 if (counted := self._completion(message)) is not None:
-                    progress.add(*counted)
+                    batch, error, transient = counted
+                    progress.add(batch, error, transient=transient)
             if progress.failed:
                 self.log.error("run %s: batches failed: %s", self.run_id, progress.failed)
                 yield TriggerEvent(progress.event("failed"))
+                return
+            if progress.retryable:
+                self.log.warning("run %s: batches failed through an outage: %s", self.run_id, progress.retryable)
+                yield TriggerEvent({**progress.event("retry"), "deadline": self.deadline})
                 return
             if progress.complete:
                 self.log.info(progress.line())
@@ -174,8 +201,8 @@ class BatchCompletionTrigger(BaseTrigger):
                 self.log.info(progress.line())
                 logged_at, logged_done = now, len(progress.done)
 
-    def _completion(self, message: Message) -> tuple[int, str | None] | None:
-        """``(batch id, error or None)`` when ``message`` is a signal of this run's plan, else None."""
+    def _completion(self, message: Message) -> tuple[int, str | None, bool] | None:
+        """``(batch id, error or None, transient)`` when ``message`` is a signal of this run's plan, else None."""
         if message.error():
             self.log.warning("consumer error on %s: %s", self.topic, message.error())
             return None
@@ -190,13 +217,13 @@ class BatchCompletionTrigger(BaseTrigger):
                              batch, self.plan, self.batches)
             return None
         if header_value(headers, HEADER_STATUS) == BatchStatus.OK:
-            return int(batch), None
+            return int(batch), None, False
         try:
             signal = CompletionSignal.decode(message.value() or b"")
         except MessageError as exc:
             self.log.warning("skipping offset %s of partition %s: %s", message.offset(), message.partition(), exc)
             return None
-        return int(batch), f"worker {signal.worker_id}: {signal.error}"
+        return int(batch), f"worker {signal.worker_id}: {signal.error}", signal.transient
 
     def _locked(self, call: Callable[..., Any], *args: Any) -> Any:
         with self._client_lock:

@@ -45,6 +45,8 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        if self.fault in MUST_SURVIVE:
+            return self.result == "identical to a clean run"
         return self.result in ("identical to a clean run", "failed loudly, rerun identical")
 
 
@@ -94,6 +96,39 @@ def worker_lost(harness: Harness, rng: random.Random) -> str:
     return f"worker {victim} stopped for good"
 
 
+def neo4j_outage(harness: Harness, rng: random.Random) -> str:
+    """Neo4j out of the workers' reach for longer than their retry budget: their batches fail as outages,
+    and ``wait_for_workers`` must send them again once Neo4j is back (a rerun does not count)."""
+    workers = harness.workers
+    failed_before = workers.batches_done("batch failed")
+    _replace_workers(workers, {"FX__NEO4J__URI": f"bolt://127.0.0.1:{free_port()}", "FX__WORKERS__RETRY_SECONDS": "2"})
+    deadline = time.monotonic() + 120
+    while workers.batches_done("batch failed") == failed_before:
+        assert time.monotonic() < deadline, "no batch failed while Neo4j was unreachable"
+        time.sleep(0.1)
+    longer = rng.uniform(0, 5)
+    time.sleep(longer)
+    _replace_workers(workers, None)
+    return f"{workers.batches_done('batch failed') - failed_before} batches failed in an outage {longer:.1f}s longer"
+
+
+def _replace_workers(workers: Workers, extra: dict[str, str] | None) -> None:
+    """Kill every worker and start it again with ``extra`` in its environment."""
+    for victim, proc in list(workers.procs.items()):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        workers.restart(victim, extra)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS just handed it out and took it back)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _service(name: str) -> Fault:
     def inject(harness: Harness, rng: random.Random) -> str:
         down = rng.uniform(0, 5)
@@ -105,7 +140,9 @@ def _service(name: str) -> Fault:
 
 
 FAULTS: dict[str, Fault] = {f.__name__: f for f in (worker_sigkill, worker_sigterm, worker_lost, _service("kafka"),
-                                                    _service("neo4j"), _service("redis"))}
+                                                    _service("neo4j"), _service("redis"), neo4j_outage)}
+MUST_SURVIVE = {"neo4j_outage"}
+"""Faults the run itself must get through (identical to a clean run), not only a rerun."""
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Faults at a seeded random moment of an ``fx_extract`` run; what readers get must equal a clean run.
 
-``make test`` runs one case each of a lost worker, a killed worker and a Redis restart;
+``make test`` runs one case each of a lost worker, a killed worker, a Redis restart and a Neo4j outage
+longer than the workers' retries;
 ``make test-faults`` (``FX_FAULTS=full``) runs the whole table: 20 seeded runs for a killed worker
 and a broker restart, 5 for every other fault. ``FX_FAULT_SEED`` replays one seed.
 """
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
     from tests.integration.pipeline_env import Slice
 
 FULL = {"worker_sigkill": 20, "kafka_restart": 20, "worker_sigterm": 5, "worker_lost": 5, "neo4j_restart": 5,
-        "redis_restart": 5}
-QUICK = {"worker_lost": 1, "worker_sigkill": 1, "redis_restart": 1}
+        "redis_restart": 5, "neo4j_outage": 5}
+QUICK = {"worker_lost": 1, "worker_sigkill": 1, "redis_restart": 1, "neo4j_outage": 1}
 PLAN = FULL if os.environ.get("FX_FAULTS") == "full" else QUICK
 CASES = [(fault, i) for fault, runs in PLAN.items() for i in range(runs)]
 

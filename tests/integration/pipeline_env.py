@@ -59,10 +59,12 @@ class Slice:
         env = {**os.environ, **extra}
         return cls(load_settings(environ=env), env)
 
-    def start_worker(self, worker_id: int, log: Path) -> subprocess.Popen[bytes]:
+    def start_worker(self, worker_id: int, log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A worker of the slice; ``extra`` overrides its environment (a broken endpoint, say)."""
         with log.open("ab") as out:
             return subprocess.Popen((sys.executable, "-m", "fx_workers", "--worker-id", str(worker_id)),
-                                    env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                                    env={**self.env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=REPO_ROOT)
 
     @property
     def keys(self) -> RedisKeys:
@@ -139,12 +141,12 @@ class Workers:
     def log(self, worker_id: int) -> Path:
         return self.folder / f"worker-{worker_id}.log"
 
-    def batches_done(self) -> int:
-        """``batch done`` lines in every worker's log so far."""
-        return sum(self.log(i).read_text().count("batch done") for i in self.procs if self.log(i).exists())
+    def batches_done(self, line: str = "batch done") -> int:
+        """``batch done`` (or other) lines in every worker's log so far."""
+        return sum(self.log(i).read_text().count(line) for i in self.procs if self.log(i).exists())
 
-    def restart(self, worker_id: int) -> None:
-        self.procs[worker_id] = self.piece.start_worker(worker_id, self.log(worker_id))
+    def restart(self, worker_id: int, extra: dict[str, str] | None = None) -> None:
+        self.procs[worker_id] = self.piece.start_worker(worker_id, self.log(worker_id), extra)
 
     def stop(self) -> dict[int, int | None]:
         """SIGTERM each live worker (a warm stop) and return the exit codes (None: it was killed)."""

@@ -2,20 +2,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow does for plugins_folder
 
-from fx_airflow.operators import BatchesFailedError, WaitForBatchesOperator
+from fx_airflow.operators import MAX_RESENDS, BatchesFailedError, WaitForBatchesOperator
 from fx_airflow.triggers import BatchCompletionTrigger, BatchProgress
 
 from fx_workers.protocol import HEADER_KIND, BatchStatus, CompletionSignal
 
 PLAN = "0123456789abcdef"
-KWARGS = {
+KWARGS: dict = {
     "run_id": "a1b2c3d4",
     "plan": PLAN,
     "topic": "features-computed",
@@ -24,14 +26,16 @@ KWARGS = {
     "deadline": 1_800_000_000.0,
     "kafka_config_id": "fx_kafka",
     "progress_seconds": 5.0,
+    "resent": {},
 }
 
 
 def signal(batch_id: int, status: BatchStatus = BatchStatus.OK, run_id: str = KWARGS["run_id"],
-           plan: str = PLAN) -> CompletionSignal:
+           plan: str = PLAN, *, transient: bool = False) -> CompletionSignal:
     """A signal as headers would describe it; only a failed one is ever decoded, so no proof is needed."""
     return CompletionSignal.model_construct(run_id=run_id, plan=plan, batch_id=batch_id, status=status,
-                                            error=None if status is BatchStatus.OK else "boom", worker_id="1")
+                                            error=None if status is BatchStatus.OK else "boom", worker_id="1",
+                                            transient=transient)
 
 
 class FakeMessage:
@@ -114,6 +118,27 @@ def test_a_redelivered_batch_that_fails_after_succeeding_does_not_fail_the_run()
     assert payload["status"] == "done" and payload["failed"] == {}
 
 
+def test_an_outage_failure_asks_for_the_batch_again() -> None:
+    consumer = FakeConsumer([FakeMessage(signal(0)), FakeMessage(signal(1, BatchStatus.FAILED, transient=True)),
+                             FakeMessage(signal(2, BatchStatus.FAILED, transient=True))])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
+    assert (payload["status"], payload["failed"]) == ("retry", {})
+    assert payload["retryable"] == {"1": "worker 1: boom", "2": "worker 1: boom"}
+    assert (payload["failures"], payload["deadline"]) == ({"1": 1, "2": 1}, KWARGS["deadline"])
+
+
+def test_failures_already_answered_by_a_resend_do_not_count() -> None:
+    """After batch 1 was sent again for its first failure, the trigger re-reads that failure from the
+    plan's offsets and goes on; a second outage failure asks again, with the count carried on."""
+    answered = [FakeMessage(signal(0)), FakeMessage(signal(1, BatchStatus.FAILED, transient=True))]
+    done = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS | {"resent": {"1": 1}}),
+                                   FakeConsumer([*answered, FakeMessage(signal(1)), FakeMessage(signal(2))])))
+    assert done["status"] == "done"
+    again = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS | {"resent": {"1": 1}}), FakeConsumer(
+        [*answered, FakeMessage(signal(1, BatchStatus.FAILED, transient=True))])))
+    assert (again["status"], again["failures"], again["resent"]) == ("retry", {"1": 2}, {"1": 1})
+
+
 def test_run_times_out_with_the_missing_batches() -> None:
     consumer = FakeConsumer([FakeMessage(signal(1))])
     payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS | {"deadline": 0.0}), consumer))
@@ -128,7 +153,8 @@ def test_progress_line() -> None:
 
 def test_operator_defers_and_completes() -> None:
     plan = {"run_id": KWARGS["run_id"], "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
-    operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed", timeout_minutes=5)
+    operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed",
+                                      requests_topic="feature-extraction", timeout_minutes=5)
     with mock.patch.object(operator, "defer") as defer:
         operator.execute({})
     trigger = defer.call_args.kwargs["trigger"]
@@ -141,6 +167,32 @@ def test_operator_defers_and_completes() -> None:
     failed.add(2, "worker 1: boom")
     with pytest.raises(BatchesFailedError, match="failed batches"):
         operator.execute_complete({}, failed.event("failed"))
+
+
+def retry_event(failures: int, deadline: float) -> dict:
+    progress = BatchProgress("r", total=3, resent={1: failures - 1})
+    for _ in range(failures):
+        progress.add(1, "worker 1: Neo4j unavailable", transient=True)
+    return {**progress.event("retry"), "deadline": deadline}
+
+
+def test_operator_sends_outage_failures_again_within_budget_and_deadline() -> None:
+    plan = {"run_id": "r", "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
+    operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed",
+                                      requests_topic="feature-extraction", timeout_minutes=5)
+    deadline = time.time() + 60
+    with (mock.patch.object(operator, "defer", side_effect=TaskDeferred(trigger=None, method_name="")) as defer,
+          mock.patch.object(operator, "_resend") as resend, pytest.raises(TaskDeferred)):
+        operator.execute_complete({}, retry_event(1, deadline))
+    resend.assert_called_once_with([1])
+    trigger = defer.call_args.kwargs["trigger"].serialize()[1]
+    assert (trigger["resent"], trigger["deadline"]) == ({"1": 1}, deadline)
+
+    for event in (retry_event(MAX_RESENDS + 1, deadline), retry_event(1, time.time() - 1)):
+        with (mock.patch.object(operator, "_resend") as resend,
+              pytest.raises(BatchesFailedError, match=r"retry after .* failed batches: .*Neo4j unavailable")):
+            operator.execute_complete({}, event)
+        resend.assert_not_called()
 
 
 def test_the_plugin_imports_only_the_protocol() -> None:
