@@ -10,15 +10,18 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FX__"
 CONFIG_ENV = "FX_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KAFKA_BROKER_COUNTS = (1, 3)
+"""``stack.kafka_brokers``: a single broker, or the smallest quorum that survives losing one."""
 
 
 class ConfigError(ValueError):
@@ -55,8 +58,15 @@ class KafkaConfig(_Section):
         return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
 
 
+NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+"""``bolt`` talks to one server; ``neo4j`` routes (reads to followers and read replicas on a cluster);
+``+s`` adds TLS with a verified certificate, ``+ssc`` with a self-signed one."""
+
+
 class Neo4jConfig(_Section):
     uri: str = "bolt://127.0.0.1:7687"
+    """``scheme://host[:port]`` with a scheme of :data:`NEO4J_SCHEMES`; ``neo4j://`` lets a cluster serve
+    fx's reads (all of them read transactions) from its followers and read replicas."""
     user: str = "neo4j"
     database: str = "neo4j"
     password_file: Path = Path(".stack/neo4j/password")
@@ -64,9 +74,26 @@ class Neo4jConfig(_Section):
     password: SecretStr | None = None
     """Only from the environment (``FX__NEO4J__PASSWORD``), never from the file."""
 
+    @field_validator("uri")
+    @classmethod
+    def _scheme_and_host(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if "@" in parts.netloc:  # checked first: the message below shows the URI
+            raise ValueError("must not hold credentials: the user is neo4j.user, the password FX__NEO4J__PASSWORD")
+        if parts.scheme not in NEO4J_SCHEMES or not parts.hostname:
+            raise ValueError(f"must be scheme://host[:port] with a scheme of {', '.join(NEO4J_SCHEMES)}. Got {value!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"the port must be a number in 1..65535. Got {value!r}")
+        return value
+
     @property
     def port(self) -> int:
-        return int(self.uri.rsplit(":", 1)[1])
+        """The Bolt port, 7687 when the URI names none."""
+        return urlsplit(self.uri).port or 7687
 
     def secret(self) -> str:
         """The password, from the environment or the password file.
@@ -98,6 +125,47 @@ class RedisConfig(_Section):
     """Every key fx writes starts with ``{prefix}:``."""
     persistence: bool = True
     """Local stack only: keep an append-only file under the stack dir."""
+    mode: Literal["standalone", "cluster"] = "standalone"
+    """``standalone``: one server at ``host:port``; ``cluster``: a Redis Cluster found through ``nodes``."""
+    nodes: tuple[str, ...] = ("127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
+    """Cluster mode: seed nodes as ``host:port`` (``FX__REDIS__NODES=h:p,h:p``); the client discovers the
+    rest. The local stack runs its masters on these ports."""
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: object) -> object:
+        """A comma list (as an environment variable gives it) or a YAML list."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return () if value is None else value
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_and_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for node in value:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"each node must be host:port with a port in 1..65535. Got {node!r}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a node is listed twice. Got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_nodes_and_db_0(self) -> RedisConfig:
+        if self.mode == "cluster" and not self.nodes:
+            raise ValueError("mode cluster needs at least one seed node in redis.nodes "
+                             "(FX__REDIS__NODES=host:port,...)")
+        if self.mode == "cluster" and self.db != 0:
+            raise ValueError(f"mode cluster has only database 0 (Redis Cluster has no SELECT). Got redis.db {self.db}")
+        return self
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of each seed node."""
+        return [(host, int(port)) for host, _, port in (node.rpartition(":") for node in self.nodes)]
+
+    def endpoint(self) -> str:
+        """Where fx connects, for messages: ``host:port`` or the seed nodes."""
+        return f"cluster {','.join(self.nodes)}" if self.mode == "cluster" else f"{self.host}:{self.port}"
 
     def secret(self) -> str | None:
         """The password, from the environment or the password file; None when neither exists (a Redis
@@ -176,9 +244,25 @@ class AirflowConfig(_Section):
 class StackConfig(_Section):
     dir: Path = Path(".stack")
     kafka_heap: str = "512m"
+    kafka_brokers: int = 1
+    """Kafka brokers ``make up`` runs: 1, or 3 in one KRaft quorum, with the fx topics replicated 3 times
+    and 2 in sync, so one broker may fail without losing an acknowledged message. The first broker
+    listens at ``kafka.bootstrap_servers``' first address, the others two ports apart; each controller
+    one port above its broker."""
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _a_quorum(cls, value: int) -> int:
+        if value not in KAFKA_BROKER_COUNTS:
+            raise ValueError(f"must be one of {KAFKA_BROKER_COUNTS} (one broker, or a KRaft quorum of three). "
+                             f"Got {value}")
+        return value
+
     neo4j_heap: str = "1g"
     neo4j_pagecache: str = "256m"
     start_timeout_seconds: int = Field(90, ge=1)
+    redis_replicas: int = Field(0, ge=0, le=1)
+    """Cluster mode: replicas per master (on the ports after the last of ``redis.nodes``)."""
 
 
 class Settings(_Section):
@@ -224,8 +308,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def config_path() -> Path:
-    """``$FX_CONFIG``, else ``config.yaml`` at the repository root."""
-    return Path(os.environ.get(CONFIG_ENV) or REPO_ROOT / "config.yaml")
+    """``$FX_CONFIG``; else ``config.yaml`` at the repository root when fx runs from a checkout; else
+    ``config.yaml`` in the working directory (fx installed as a package, e.g. a worker on another host)."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    checkout = REPO_ROOT / "config.yaml"
+    return checkout if checkout.is_file() else Path("config.yaml").resolve()
 
 
 def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:

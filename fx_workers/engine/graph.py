@@ -1,7 +1,9 @@
 """Neo4j access: the driver, and bulk reads that return columns as numpy arrays.
 
 Labels, types and property names come from :class:`~fx_workers.config.GraphModel` (validated as
-identifiers); every value reaches Neo4j as a query parameter.
+identifiers); every value reaches Neo4j as a query parameter. Every read is a managed read
+transaction (``execute_read``): with a ``neo4j://`` URI the driver routes it to a follower or read
+replica of a cluster and retries it on a transient error; a batch's queries run in one transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from fx_workers.engine.batch import BatchInput, EdgeArrays
 
 if TYPE_CHECKING:
-    from neo4j import Driver
+    from neo4j import Driver, ManagedTransaction, Record
 
     from fx_workers.config import GraphModel, Neo4jConfig
 
@@ -131,11 +133,16 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
     """
     params = {"ids": ids, "as_of": as_of}
     index = {node_id: i for i, node_id in enumerate(ids)}
-    with driver.session(database=database, default_access_mode="READ") as session:
-        out = list(session.run(cypher.out_edges, params))
-        inc = list(session.run(cypher.in_edges, params))
-        future = session.run(cypher.transfers_after, params).single() is not None
-        nb = session.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
+
+    def read(tx: ManagedTransaction) -> tuple[list[Record], list[Record], Record]:
+        out = list(tx.run(cypher.out_edges, params))
+        inc = list(tx.run(cypher.in_edges, params))
+        future = tx.run(cypher.transfers_after, params).single() is not None
+        nb = tx.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
+        return out, inc, nb
+
+    with driver.session(database=database) as session:
+        out, inc, nb = session.execute_read(read)
     return BatchInput(
         ids=as_array(ids, str),
         as_of=as_of,
@@ -149,8 +156,8 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
 
 def read_accounts(driver: Driver, cypher: Cypher, database: str) -> tuple[np.ndarray, np.ndarray]:
     """Every account id, sorted, with its transfer count (the cost of its batch)."""
-    with driver.session(database=database, default_access_mode="READ") as session:
-        row = session.run(cypher.accounts).single(strict=True)
+    with driver.session(database=database) as session:
+        row = session.execute_read(lambda tx: tx.run(cypher.accounts).single(strict=True))
     ids, costs = as_array(row["ids"], str), as_array(row["costs"], np.int64)
     order = np.argsort(ids, kind="stable")
     return ids[order], costs[order]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,27 @@ def test_variables_without_the_prefix_are_ignored(config_file: Path) -> None:
 def test_a_bad_override_is_named_in_the_error(config_file: Path, variable: str, value: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load(config_file, **{variable: value})
+
+
+@pytest.mark.parametrize(("uri", "port"), [("bolt://127.0.0.1:7687", 7687), ("bolt+s://db.example:7688", 7688),
+                                         ("neo4j://127.0.0.1:7687", 7687), ("neo4j+s://abc.databases.neo4j.io", 7687),
+                                         ("neo4j+ssc://[::1]:7690?region=eu", 7690)])
+def test_the_neo4j_uri_takes_the_direct_and_the_routing_schemes(config_file: Path, uri: str, port: int) -> None:
+    assert load(config_file, FX__NEO4J__URI=uri).neo4j.port == port
+
+
+@pytest.mark.parametrize(("uri", "says"), [("http://h:7687", "a scheme of bolt, bolt+s"), ("127.0.0.1:7687", "scheme"),
+                                           ("neo4j://:7687", "host"), ("bolt://h:70000", "1..65535"),
+                                           ("bolt://h:x", "1..65535")])
+def test_a_bad_neo4j_uri_is_named_with_what_is_expected(config_file: Path, uri: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=rf"neo4j\.uri: .*{re.escape(says)}"):
+        load(config_file, FX__NEO4J__URI=uri)
+
+
+def test_credentials_in_the_neo4j_uri_are_refused_without_being_shown(config_file: Path) -> None:
+    with pytest.raises(ConfigError, match=r"neo4j\.uri: .*FX__NEO4J__PASSWORD") as caught:
+        load(config_file, FX__NEO4J__URI=f"neo4j://neo4j:{SECRET}@db:7687")
+    assert SECRET not in str(caught.value)
 
 
 def test_a_bad_key_in_the_file_is_named_in_the_error(config_file: Path) -> None:
