@@ -91,16 +91,20 @@ class WorkerStats:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: a lost Neo4j or Redis connection (a restart), retriable Kafka errors."""
+    """Errors worth retrying: a lost Neo4j or Redis connection (a restart, a cluster's failover), retriable
+    Kafka errors."""
     from confluent_kafka import KafkaException
     from neo4j.exceptions import DriverError, Neo4jError
-    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+    from redis import exceptions as redis_errors
 
     if isinstance(exc, DriverError | Neo4jError):
         return exc.is_retryable()
     if isinstance(exc, KafkaException):
         return exc.args[0].retriable()
-    return isinstance(exc, DeliveryError | ConnectionError | TimeoutError | BusyLoadingError)
+    # A Redis Cluster failing over: CLUSTERDOWN, TRYAGAIN, or no node known for a slot yet.
+    return isinstance(exc, DeliveryError | redis_errors.ConnectionError | redis_errors.TimeoutError
+                      | redis_errors.BusyLoadingError | redis_errors.ClusterDownError | redis_errors.TryAgainError
+                      | redis_errors.SlotNotCoveredError)
 
 
 def is_fatal(error: KafkaError) -> bool:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -40,6 +40,8 @@ from fx_workers.tools.stack import service_specs as pipeline_services
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    import redis
 
     from fx_workers.config import Neo4jConfig, RedisConfig
     from fx_workers.tools.doctor import Check
@@ -110,8 +112,14 @@ class Service:
 
 def services(settings: Settings, layout: Layout) -> list[Service]:
     """The stack, in start order (``down`` stops it in reverse); then the worker pool and Airflow."""
-    core = [kafka_service(settings, layout), neo4j_service(settings, layout), redis_service(settings, layout)]
-    return [*core, *(Service(**spec) for spec in pipeline_services(settings))]
+    store = (redis_cluster_services(settings, layout) if settings.redis.mode == "cluster"
+             else [redis_service(settings, layout)])
+    core = [kafka_service(settings, layout), neo4j_service(settings, layout), *store]
+    store_names = tuple(service.name for service in store)
+    pipeline = [Service(**spec) for spec in pipeline_services(settings)]
+    return [*core, *(replace(service, needs=tuple(name for need in service.needs  # "redis": each node of the store
+                                                  for name in (store_names if need == "redis" else (need,))))
+                     for service in pipeline)]
 
 
 def env_exports(settings: Settings) -> dict[str, str]:
@@ -376,6 +384,118 @@ def redis_service(settings: Settings, layout: Layout) -> Service:
     )
 
 
+REDIS_CLUSTER_ADMIN = "fx-cluster"
+"""Cluster mode: the user ``redis-cli --cluster create`` runs as and replicas replicate as (cluster and
+replication commands only, no keys); its password is in :func:`redis_cluster_admin_file`."""
+REDIS_CLUSTER_ADMIN_RULES = ("reset on resetchannels -@all +cluster +psync +replconf +sync +ping +info +config|get "
+                             "+readonly +asking +command +dbsize +echo")
+REDIS_CLUSTER_NODE_TIMEOUT_MS = 2000
+"""A master unreachable this long is failed over to its replica (Redis's default, 15 s, stalls writes)."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def redis_cluster_admin_file(layout: Layout) -> Path:
+    return layout.home("redis-cluster") / "admin-password"
+
+
+def redis_cluster_nodes(settings: Settings) -> list[tuple[str, int]]:
+    """``(host, port)`` of each node the stack runs: the masters on ``redis.nodes``, then
+    ``stack.redis_replicas`` replicas per master on the ports after the last of them.
+
+    :raises StackError: fewer than 3 masters (Redis Cluster's minimum), or a node off loopback
+    """
+    masters = settings.redis.addresses()
+    if len(masters) < 3:
+        raise StackError("redis: cluster mode needs at least 3 masters in redis.nodes. "
+                         f"Got {list(settings.redis.nodes)}")
+    hosts = {host for host, _ in masters}
+    if len(hosts) != 1 or not hosts <= set(LOOPBACK):
+        raise StackError(f"redis: the local stack runs cluster nodes on one loopback host ({', '.join(LOOPBACK)}). "
+                         f"Got {sorted(hosts)}")
+    host, last = masters[0][0], max(port for _, port in masters)
+    return [*masters, *((host, last + 1 + i) for i in range(len(masters) * settings.stack.redis_replicas))]
+
+
+def redis_cluster_users(settings: Settings, layout: Layout) -> str:
+    """:func:`redis_users` plus the cluster admin, whose password is generated like the others."""
+    password = stored_password(redis_cluster_admin_file(layout), f"redis: the password of user {REDIS_CLUSTER_ADMIN}")
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return redis_users(settings) + f"user {REDIS_CLUSTER_ADMIN} {REDIS_CLUSTER_ADMIN_RULES} #{digest}\n"
+
+
+def redis_cluster_admin(layout: Layout, host: str, port: int) -> redis.Redis:
+    """A client of one node as the cluster admin, that gives up quickly."""
+    import redis
+
+    password = redis_cluster_admin_file(layout).read_text().strip()
+    return redis.Redis(host=host, port=port, username=REDIS_CLUSTER_ADMIN, password=password, socket_timeout=3,
+                       socket_connect_timeout=3)
+
+
+def redis_cluster_services(settings: Settings, layout: Layout) -> list[Service]:
+    """Cluster mode: one ``redis-server`` per node with ``cluster-enabled yes`` and the ACL users of
+    standalone mode (one file), each with its own folder (config, ``nodes.conf``, append-only file),
+    log and PID file; the last node waits for the others and forms the cluster once."""
+    config = settings.redis
+    nodes = redis_cluster_nodes(settings)
+    root = layout.home("redis-cluster")
+    acl_file = root / "users.acl"
+    names = [f"redis-{port}" for _, port in nodes]
+
+    def node(host: str, port: int) -> Service:
+        folder = root / str(port)
+        conf = folder / "redis.conf"
+
+        def prepare() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            acl_file.touch(mode=0o600)
+            acl_file.write_text(redis_cluster_users(settings, layout))
+            conf.touch(mode=0o600)  # it holds the replication password
+            conf.write_text(
+                "# Generated by stack/stackctl.py from config.yaml; edits are overwritten.\n"
+                f"bind {host}\nport {port}\ndir {folder}\ndaemonize no\naclfile {acl_file}\n"
+                f"appendonly {'yes' if config.persistence else 'no'}\nsave \"\"\n"
+                "cluster-enabled yes\ncluster-config-file nodes.conf\n"
+                f"cluster-node-timeout {REDIS_CLUSTER_NODE_TIMEOUT_MS}\n"
+                f"masteruser {REDIS_CLUSTER_ADMIN}\n"
+                f"masterauth {redis_cluster_admin_file(layout).read_text().strip()}\n"
+            )
+
+        def health() -> str:
+            info = redis_cluster_admin(layout, host, port).execute_command("CLUSTER INFO")
+            return f"cluster_state {info['cluster_state']}, {info['cluster_known_nodes']} known nodes"
+
+        return Service(name=f"redis-{port}", command=("redis-server", str(conf)), health=health,
+                       ports=(port, port + 10000), prepare=prepare)  # and the cluster bus
+
+    *others, last = [node(host, port) for host, port in nodes]
+    return [*others, replace(last, needs=tuple(names[:-1]), ready=partial(form_redis_cluster, settings, layout))]
+
+
+def form_redis_cluster(settings: Settings, layout: Layout) -> None:
+    """``redis-cli --cluster create`` once, when every node is empty and alone; then wait (by raising
+    :class:`NotReadyError`) until every node says ``cluster_state:ok``.
+
+    :raises StackError: when the nodes already form a cluster of another size (``make clean-stack``)
+    """
+    nodes = redis_cluster_nodes(settings)
+    infos = [redis_cluster_admin(layout, host, port).execute_command("CLUSTER INFO") for host, port in nodes]
+    if all(int(info["cluster_known_nodes"]) == 1 and int(info["cluster_slots_assigned"]) == 0 for info in infos):
+        run_tool(f"redis-{nodes[-1][1]}", "redis-cli --cluster create",
+                 ("redis-cli", "--user", REDIS_CLUSTER_ADMIN, "--cluster", "create",
+                  *(f"{host}:{port}" for host, port in nodes),
+                  "--cluster-replicas", str(settings.stack.redis_replicas), "--cluster-yes"),
+                 layout, {"REDISCLI_AUTH": redis_cluster_admin_file(layout).read_text().strip()})
+        infos = [redis_cluster_admin(layout, host, port).execute_command("CLUSTER INFO") for host, port in nodes]
+    known = {int(info["cluster_known_nodes"]) for info in infos}
+    if known - {1, len(nodes)}:
+        raise StackError(f"redis: the cluster under {show(layout.home('redis-cluster'))} knows {sorted(known)} nodes, "
+                         f"config.yaml asks for {len(nodes)}; run `make clean-stack` to start over")
+    states = {f"{host}:{port}": info["cluster_state"] for (host, port), info in zip(nodes, infos, strict=True)}
+    if set(states.values()) != {"ok"}:
+        raise NotReadyError(f"cluster_state {states}")
+
+
 # --- processes ------------------------------------------------------------------------------
 
 
@@ -509,11 +629,14 @@ def probe(service: Service, *, ready: bool = True) -> tuple[str | None, str]:
     return detail, ""
 
 
-def up(settings: Settings, layout: Layout) -> None:
-    """Start what is not running, in dependency order, and wait until every service is healthy."""
+def up(settings: Settings, layout: Layout, only: list[Service] | None = None) -> None:
+    """Start what is not running, in dependency order, and wait until every service is healthy.
+
+    :param only: these services instead of the whole stack (a test's own Redis Cluster)
+    """
     print(f"up: environment in {show(write_env_file(settings, layout))}")
     timeout = settings.stack.start_timeout_seconds
-    pending = {service.name: service for service in services(settings, layout)}
+    pending = {service.name: service for service in (only or services(settings, layout))}
     for service in pending.values():  # fail before starting anything, not halfway
         if not running(layout, service.name):
             require_startable(service)

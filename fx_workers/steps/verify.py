@@ -169,6 +169,8 @@ def verify_run(settings: Settings, client: redis.Redis, run_id: str | None = Non
     planned = [ids for _, ids in stored_batches(client, keys, plan)]
     table = _check_counts(report, manifest, planned)
     _check_values(report, manifest)
+    if moved := registry.topology_change(run_id):
+        report.failures.append(moved)
     rng = random.Random(f"{run_id}/{plan.fingerprint}")
     sample = settings.extraction.verify_sample if sample is None else sample
     every_id = [i for ids in planned for i in ids]

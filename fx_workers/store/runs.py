@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from fx_workers.store.client import is_cluster
 from fx_workers.store.keys import RedisKeys, RunKeys
 
 if TYPE_CHECKING:
@@ -79,11 +80,36 @@ class RunRegistry:
         :raises RunError: when the id is taken
         """
         created = time.time()
-        fields = {"status": RunStatus.RUNNING, "created": f"{created:.3f}", **manifest}
+        topology = self.topology()
+        fields = {"status": RunStatus.RUNNING, "created": f"{created:.3f}", **manifest,
+                  **({"topology": topology} if topology else {})}
         if not self.client.hsetnx(self.keys.run(run_id), "run_id", run_id):
             raise RunError(f"run {run_id} exists already")
         self.update(run_id, fields)
         self.client.zadd(self.keys.runs, {run_id: created})
+
+    def topology(self) -> str | None:
+        """Cluster mode: each slot range's master, as ``start-end=node@config_epoch``; None on one server.
+
+        A failover gives a range a new master (a replica, with its own id and a new epoch). Replication
+        is asynchronous, so the old master may have acknowledged writes its replica never got.
+        """
+        if not is_cluster(self.client):
+            return None
+        masters = [(int(start), int(end), f"{node['node_id'][:12]}@{node['epoch']}")
+                   for node in self.client.cluster_nodes().values()
+                   if "master" in node["flags"].split(",") for start, end in node["slots"]]
+        return " ".join(f"{start}-{end}={master}" for start, end, master in sorted(masters))
+
+    def topology_change(self, run_id: str) -> str | None:
+        """Why the run's records may be incomplete though every worker reported them written: the cluster
+        failed over since the run was created. None when its masters are the same (or on one server)."""
+        (then,) = self.fields(run_id, "topology")
+        now = self.topology()
+        if then is None or now == then:
+            return None
+        return (f"the Redis Cluster failed over during the run (masters {then} are now {now}): a lost master may "
+                "have acknowledged records its replica never got; trigger a new run")
 
     def update(self, run_id: str, fields: Mapping[str, object]) -> None:
         self.client.hset(self.keys.run(run_id), mapping={k: str(v) for k, v in fields.items()})

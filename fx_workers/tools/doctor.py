@@ -17,11 +17,14 @@ if TYPE_CHECKING:
     import redis
     from confluent_kafka.admin import AdminClient
     from neo4j import Session
+    from redis.cluster import RedisCluster
 
     from fx_workers.config import GraphModel, KafkaConfig, RedisConfig, Settings
 
 TIMEOUT_SECONDS = 3.0
 UP = "run `make up`"
+SLOTS = 16384
+"""Hash slots of a Redis Cluster; each must be served for every key to be writable."""
 LOAD = "run `make up` or `fx load data/sample.csv` (both create it)"
 
 # librdkafka reports refused connections on stderr unless given a logger; a check says it once.
@@ -186,13 +189,25 @@ def _graph_size_check(session: Session, graph: GraphModel) -> Check:
 
 def redis_checks(settings: Settings) -> Iterator[Check]:
     """The server answers PING as ``redis.user`` with the configured password (its version and memory in
-    use); then that it refuses a client without credentials."""
+    use), or in cluster mode every master says the cluster is ok with all slots served; then that it
+    refuses a client without credentials."""
     import redis
 
     config = settings.redis
-    client = _redis_client(settings)
-    address = f"{config.host}:{config.port}"
+    address = config.endpoint()
     try:
+        client = _redis_client(settings)
+    except redis.exceptions.RedisClusterException as exc:  # a cluster client connects at once
+        if isinstance(exc.__cause__, redis.AuthenticationError):
+            yield _redis_auth_failure(config, address, exc.__cause__)
+        else:
+            yield Check("redis", False, f"{address}: {exc.__cause__ or exc}", UP)
+        return
+    try:
+        if config.mode == "cluster":
+            yield _redis_cluster_check(client, address)
+            yield _redis_refuses_anonymous(settings, address)
+            return
         client.ping()
         info = client.info()
     except redis.AuthenticationError as exc:
@@ -211,9 +226,26 @@ def redis_checks(settings: Settings) -> Iterator[Check]:
     yield _redis_refuses_anonymous(settings, address)
 
 
-def _redis_client(settings: Settings, *, anonymous: bool = False) -> redis.Redis:
-    """fx's client (or, with ``anonymous``, one without credentials) that gives up quickly: the default
-    backoff would turn "refused" into 6 s."""
+def _redis_cluster_check(client: RedisCluster, address: str) -> Check:
+    """Every master says ``cluster_state:ok`` with all 16384 slots served; the count of masters and the
+    memory they use."""
+    infos = client.cluster_info(target_nodes=client.PRIMARIES)
+    memory = client.info("memory", target_nodes=client.PRIMARIES)
+    version = client.info("server", target_nodes=client.get_random_node())["redis_version"]
+    bad = {node: f"cluster_state {info['cluster_state']}, {info['cluster_slots_ok']}/{SLOTS} slots ok"
+           for node, info in infos.items()
+           if info["cluster_state"] != "ok" or int(info["cluster_slots_ok"]) != SLOTS}
+    if bad:
+        return Check("redis", False, f"{address}: " + "; ".join(f"{node}: {why}" for node, why in sorted(bad.items())),
+                     "check each node's log; a master without a replica lost its slots until it is back")
+    used = sum(int(node["used_memory"]) for node in memory.values()) / 2**20
+    return Check("redis", True, f"{address}, Redis {version}, cluster_state ok, {SLOTS} slots covered by "
+                 f"{len(infos)} masters, {used:.1f}M used")
+
+
+def _redis_client(settings: Settings, *, anonymous: bool = False) -> redis.Redis | RedisCluster:
+    """fx's client (or, with ``anonymous``, one without credentials, to the first seed node in cluster
+    mode) that gives up quickly: the default backoff would turn "refused" into 6 s."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -223,6 +255,9 @@ def _redis_client(settings: Settings, *, anonymous: bool = False) -> redis.Redis
     config = settings.redis
     quick = {"socket_timeout": TIMEOUT_SECONDS, "socket_connect_timeout": TIMEOUT_SECONDS,
              "retry": Retry(NoBackoff(), 0)}
+    if anonymous and config.mode == "cluster":
+        (host, port), *_ = config.addresses()
+        return redis.Redis(host=host, port=port, **quick)
     if anonymous:
         return redis.Redis(host=config.host, port=config.port, db=config.db, **quick)
     return open_redis(config, **quick)

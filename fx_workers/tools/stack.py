@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fx_workers.config import REPO_ROOT
+from fx_workers.protocol import PRODUCER_CONFIG
 
 if TYPE_CHECKING:
     from fx_workers.config import RedisConfig, Settings
@@ -51,6 +52,9 @@ REDIS_READ_COMMANDS = ("ping", "select", "get", "mget", "exists", "type", "ttl",
                        "hexists", "hlen", "hkeys", "hscan", "zrange", "zrevrange", "zrangebyscore", "zcard",
                        "zscore", "scan")
 """What a reader of the two-step read needs (``GET {prefix}:latest``, then the run's hashes)."""
+CLUSTER_CLIENT_COMMANDS = ("cluster|slots", "cluster|shards", "cluster|info", "command", "readonly", "asking")
+"""What a Redis Cluster client runs besides its reads and writes: redis-py's ``RedisCluster`` asks
+``CLUSTER SLOTS`` and ``COMMAND`` on connect, ``fx doctor`` ``CLUSTER INFO``; only in ``redis.mode: cluster``."""
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -88,14 +92,17 @@ def redis_acl(config: RedisConfig) -> dict[str, str]:
     The writer (``redis.user``) may run every command but the dangerous ones (FLUSHALL, KEYS, CONFIG,
     ...; INFO is allowed back for ``fx doctor`` and the benches) on keys starting with the prefix: not
     ``{prefix}:*``, since the tests and benches write under prefixes that extend it (``fxtest…``,
-    ``fxbench``). The reader may run :data:`REDIS_READ_COMMANDS` on ``{prefix}:*`` keys only. Without
+    ``fxbench``). The reader may run :data:`REDIS_READ_COMMANDS` on ``{prefix}:*`` keys only. In
+    cluster mode both may also run :data:`CLUSTER_CLIENT_COMMANDS`. Without
     ``redis.user`` the writer is the ``default`` user; otherwise ``default`` is off, so a client
     without credentials is refused.
     """
     writer = config.user or "default"
+    cluster = "".join(f" +{c}" for c in CLUSTER_CLIENT_COMMANDS) if config.mode == "cluster" else ""
     rules = {  # `reset` first: no password, key, channel or command but those that follow
-        writer: f"reset on ~{config.prefix}* resetchannels +@all -@dangerous +info",
-        REDIS_READER: f"reset on ~{config.prefix}:* resetchannels " + " ".join(f"+{c}" for c in REDIS_READ_COMMANDS),
+        writer: f"reset on ~{config.prefix}* resetchannels +@all -@dangerous +info{cluster}",
+        REDIS_READER: f"reset on ~{config.prefix}:* resetchannels " + " ".join(f"+{c}" for c in REDIS_READ_COMMANDS)
+                      + cluster,
     }
     return rules if writer == "default" else {"default": "reset off", **rules}
 
@@ -112,12 +119,22 @@ def _connections(settings: Settings) -> dict[str, dict[str, Any]]:
     redis_password = redis.secret()
     redis_auth = {"password": redis_password, **({"login": redis.user} if redis.user else {})}
     return {
-        "fx_kafka": {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka.bootstrap_servers}},
+        "fx_kafka": {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka.bootstrap_servers,
+                                                     **PRODUCER_CONFIG}},
         "fx_neo4j": {"conn_type": "neo4j", "host": host, "port": int(port), "login": neo4j.user,
                      "schema": neo4j.database, **({"password": neo4j.secret()} if has_password else {})},
-        "fx_redis": {"conn_type": "redis", "host": redis.host, "port": redis.port, "extra": {"db": redis.db},
+        "fx_redis": {"conn_type": "redis", **_redis_endpoint(redis),
                      **(redis_auth if redis_password is not None else {})},
     }
+
+
+def _redis_endpoint(config: RedisConfig) -> dict[str, Any]:
+    """``fx_redis``'s address: the server, or in cluster mode the first seed node plus the others as
+    ``startup_nodes`` with ``cluster: true`` (RedisHook then builds a ``RedisCluster``)."""
+    if config.mode == "cluster":
+        (host, port), *_ = config.addresses()
+        return {"host": host, "port": port, "extra": {"cluster": True, "startup_nodes": ",".join(config.nodes)}}
+    return {"host": config.host, "port": config.port, "extra": {"db": config.db}}
 
 
 def env(settings: Settings) -> dict[str, str]:
