@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tests.faults.harness import table
-from tests.integration.conftest import kafka_admin, neo4j_driver, piece, redis_client, settings  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    kafka_admin,
+    neo4j_driver,
+    piece,
+    redis_client,
+    settings,
+    stack_settings,
+)
 
 if TYPE_CHECKING:
     import pytest

@@ -198,7 +198,8 @@ def _last_error(output: str) -> str:
 
 def table(outcomes: list[Outcome], clean_seconds: float) -> str:
     """The fault table: fault x runs x outcome x time against a clean run."""
-    rows = [f"| fault | runs | outcome | median s (clean run: {clean_seconds:.0f} s) | seeds |",
+    clean = f"{clean_seconds:.0f} s" if clean_seconds else "not in this session"
+    rows = [f"| fault | runs | outcome | median s (clean run: {clean}) | seeds |",
             "| --- | ---: | --- | ---: | --- |"]
     by_fault: dict[tuple[str, str], list[Outcome]] = {}
     for outcome in outcomes:

@@ -68,3 +68,16 @@ def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator
     piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)
     yield piece
     piece.drop(redis_client, kafka_admin, neo4j_driver)
+
+
+@pytest.fixture(scope="module")
+def stack_settings(settings: Settings) -> Settings:
+    """The stack's own Airflow must be up: tests using this go through its scheduler and triggerer."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{settings.airflow.api_port}/api/v2/monitor/health", timeout=5)
+    except OSError as exc:
+        pytest.fail(f"the stack's Airflow API server is not available ({exc}). Start it with `make up`.",
+                    pytrace=False)
+    return settings

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,72 @@ def dags_test(env: dict[str, str], batch_size: int, as_of: int = AS_OF,
     conf = json.dumps({"as_of": as_of, "batch_size": batch_size, "timeout_minutes": timeout_minutes})
     return subprocess.Popen((AIRFLOW, "dags", "test", "fx_extract", "--conf", conf), env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    """What ``source .stack/env`` gives a shell: the stack's own Airflow and fx settings."""
+    out = subprocess.run(("bash", "-c", f"source {settings.stack.dir / 'env'} && env -0"), capture_output=True,
+                         check=True)
+    return dict(line.split("=", 1) for line in out.stdout.decode().split("\0") if "=" in line)
+
+
+class StackAirflow:
+    """The stack's own Airflow (scheduler, triggerer, LocalExecutor) on the stack's graph, driven as a user
+    would: ``airflow dags trigger`` to start a run, the REST API to watch and clear it."""
+
+    DAG = "/api/v2/dags/fx_extract"
+
+    def __init__(self, settings: Settings) -> None:
+        from fx_workers.tools.stack import AirflowApi
+
+        self.settings, self.env, self.api = settings, stack_env(settings), AirflowApi(settings)
+
+    def prepare(self, driver: Driver) -> None:
+        """Load the bundled sample graph when the stack has none, unpause the DAG and let any run it
+        scheduled on unpausing finish, so a test's runs are the only ones."""
+        from fx_workers.tools.load import load_csv
+
+        graph = self.settings.graph
+        accounts = driver.execute_query(f"MATCH (a:{graph.account_label}) RETURN count(a) AS n",
+                                        database_=self.settings.neo4j.database).records[0]["n"]
+        if accounts == 0:
+            load_csv(REPO_ROOT / "data" / "sample.csv", self.settings)
+        subprocess.run((AIRFLOW, "dags", "unpause", "fx_extract"), env=self.env, check=True, capture_output=True)
+        for run in self.api.request(f"{self.DAG}/dagRuns?state=queued&state=running")["dag_runs"]:
+            self.wait(run["dag_run_id"])
+
+    def trigger(self, **conf: object) -> str:
+        """``airflow dags trigger fx_extract --conf ...``; the DAG run's id."""
+        triggered = subprocess.run((AIRFLOW, "dags", "trigger", "fx_extract", "--conf", json.dumps(conf), "-o", "json"),
+                                   env=self.env, check=True, capture_output=True, text=True)
+        return json.loads(triggered.stdout.strip().splitlines()[-1])[0]["dag_run_id"]
+
+    def state(self, run_id: str, task: str | None = None) -> str | None:
+        """The DAG run's state, or its task's."""
+        path = f"{self.DAG}/dagRuns/{run_id}" + (f"/taskInstances/{task}" if task else "")
+        return self.api.request(path)["state"]
+
+    def wait(self, run_id: str, until: tuple[str | None, ...] = ("success", "failed"), task: str | None = None,
+             timeout: float = 600) -> str | None:
+        """Poll until the run (or its ``task``) reaches a state of ``until``; that state."""
+        deadline = time.monotonic() + timeout
+        while (state := self.state(run_id, task)) not in until:
+            assert time.monotonic() < deadline, f"run {run_id} {task or ''} still {state} after {timeout:.0f}s"
+            time.sleep(0.5)
+        return state
+
+    def clear(self, run_id: str) -> None:
+        """Clear every task of the DAG run, as the UI's "Clear" does: the run starts again."""
+        self.api.request(f"{self.DAG}/dagRuns/{run_id}/clear", {"dry_run": False})
+
+    def task_log(self, run_id: str, task: str) -> str:
+        logs = self.settings.stack.dir / "airflow" / "logs" / "dag_id=fx_extract" / f"run_id={run_id}"
+        return "".join(path.read_text() for path in (logs / f"task_id={task}").glob("attempt=*"))
+
+    def fx_runs(self, client: redis.Redis, run_id: str) -> list[str]:
+        """The fx runs the DAG run made, newest first (a cleared DAG run makes a new one)."""
+        registry = RunRegistry(client, RedisKeys(self.settings.redis.prefix))
+        return [run.run_id for run in registry.list() if run.get("dag_run_id") == run_id]
 
 
 def migrated_airflow(piece: Slice, home: Path) -> dict[str, str]:

@@ -3,19 +3,14 @@ and a run triggered through the stack's scheduler."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
-import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
 
-from fx_workers.config import REPO_ROOT
-from fx_workers.tools.load import load_csv
-from fx_workers.tools.stack import AirflowApi
-from tests.integration.pipeline_env import AIRFLOW, AS_OF, Slice, Workers, dags_test, migrated_airflow
+from tests.integration.pipeline_env import AS_OF, Slice, StackAirflow, Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,49 +71,11 @@ def test_worker_killed_mid_run(piece: Slice, expected: dict, env: dict, workers:
     workers.restart(1)
 
 
-@pytest.fixture(scope="module")
-def stack_settings(settings: Settings) -> Settings:
-    """The stack's own Airflow must be up: this test goes through its scheduler and workers."""
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{settings.airflow.api_port}/api/v2/monitor/health", timeout=5)
-    except OSError as exc:
-        pytest.fail(f"the stack's Airflow API server is not available ({exc}). Start it with `make up`.",
-                    pytrace=False)
-    return settings
-
-
-def stack_env(settings: Settings) -> dict[str, str]:
-    """What ``source .stack/env`` gives a shell."""
-    out = subprocess.run(("bash", "-c", f"source {settings.stack.dir / 'env'} && env -0"), capture_output=True,
-                         check=True)
-    return dict(line.split("=", 1) for line in out.stdout.decode().split("\0") if "=" in line)
-
-
 def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
-    settings = stack_settings
-    graph = settings.graph
-    accounts = neo4j_driver.execute_query(f"MATCH (a:{graph.account_label}) RETURN count(a) AS n",
-                                          database_=settings.neo4j.database).records[0]["n"]
-    if accounts == 0:
-        load_csv(REPO_ROOT / "data" / "sample.csv", settings)
-    env = stack_env(settings)
-    subprocess.run((AIRFLOW, "dags", "unpause", "fx_extract"), env=env, check=True, capture_output=True)
-    triggered = subprocess.run(
-        (AIRFLOW, "dags", "trigger", "fx_extract", "--conf", json.dumps({"as_of": AS_OF}), "-o", "json"),
-        env=env, check=True, capture_output=True, text=True,
-    )
-    run_id = json.loads(triggered.stdout.strip().splitlines()[-1])[0]["dag_run_id"]
+    airflow = StackAirflow(stack_settings)
+    airflow.prepare(neo4j_driver)
+    run_id = airflow.trigger(as_of=AS_OF)
+    assert airflow.wait(run_id) == "success"
 
-    api = AirflowApi(settings)
-    deadline = time.monotonic() + 600
-    while (state := api.request(f"/api/v2/dags/fx_extract/dagRuns/{run_id}")["state"]) not in (
-        "success", "failed"
-    ):
-        assert time.monotonic() < deadline, f"run {run_id} still {state}"
-        time.sleep(2)
-    assert state == "success"
-
-    logs = settings.stack.dir / "airflow" / "logs" / "dag_id=fx_extract" / f"run_id={run_id}"
-    wait_logs = "".join(path.read_text() for path in (logs / "task_id=wait_for_workers").glob("attempt=*"))
-    assert "progress run=" in wait_logs
-    assert all((logs / f"task_id={task}").is_dir() for task in ("plan", "publish", "aggregate", "verify", "retire"))
+    assert "progress run=" in airflow.task_log(run_id, "wait_for_workers")
+    assert all(airflow.task_log(run_id, task) for task in ("plan", "publish", "aggregate", "verify", "retire"))
