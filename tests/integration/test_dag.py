@@ -1,5 +1,6 @@
 """The fx_extract DAG end to end: `airflow dags test` with worker processes, a worker killed mid-run,
-and a run triggered through the stack's scheduler."""
+two DAG runs of other as_of at the same time on the same topics, and a run triggered through the
+stack's scheduler."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import redis
 
     from fx_workers.config import Settings
+
 
 @pytest.fixture(scope="module")
 def expected(piece: Slice, redis_client: redis.Redis) -> dict:
@@ -69,6 +71,23 @@ def test_worker_killed_mid_run(piece: Slice, expected: dict, env: dict, workers:
     finish(run)
     assert piece.snapshot(redis_client) == expected
     workers.restart(1)
+
+
+def test_two_dag_runs_at_once_do_not_cross(piece: Slice, expected: dict, env: dict, workers: Workers,
+                                           redis_client: redis.Redis, tmp_path_factory) -> None:
+    """Two DAG runs (two Airflow deployments, so both really run together) share the topics, the
+    consumer group and the workers; each must publish exactly its own as_of's values."""
+    later = AS_OF + 30 * 86_400
+    expected_later = piece.local_snapshot(redis_client, later)
+    other = migrated_airflow(piece, tmp_path_factory.mktemp("airflow-other"))
+
+    runs = [dags_test(env, batch_size=20), dags_test(other, batch_size=30, as_of=later)]
+    for run in runs:
+        finish(run)
+
+    newest = [run for run in piece.registry(redis_client).list() if run.get("mode") == "airflow"][:2]
+    by_as_of = {int(run.get("as_of")): piece.snapshot(redis_client, run.run_id) for run in newest}
+    assert by_as_of == {AS_OF: expected, later: expected_later}
 
 
 def test_scheduler_driven_run(stack_settings: Settings, neo4j_driver) -> None:
