@@ -38,6 +38,10 @@ HEADER_STATUS = "fx-status"
 READER_CONFIG = {"group.id": "fx-readers", "enable.auto.commit": False, "enable.auto.offset.store": False,
                  "auto.offset.reset": "earliest"}
 """A consumer that reads by ``assign()`` from recorded offsets: it never joins a group or commits."""
+PRODUCER_CONFIG = {"acks": "all", "enable.idempotence": True}
+"""Every fx producer's settings (the workers', and the DAG's through the ``fx_kafka`` connection): a
+message is acknowledged once every in-sync replica has it (at least 2 of 3 with three brokers, so a
+broker loss loses none), and a send retried after a lost acknowledgement is not written twice."""
 _FRAME_LENGTH = struct.Struct(">I")
 
 

@@ -30,6 +30,7 @@ from fx_workers.engine.graph import open_driver
 from fx_workers.protocol import (
     HEADER_KIND,
     HEADER_RUN,
+    PRODUCER_CONFIG,
     BatchStatus,
     CompletionSignal,
     DeadLetter,
@@ -271,7 +272,7 @@ class Worker:
         return Producer({
             "bootstrap.servers": self.settings.kafka.bootstrap_servers,
             "client.id": client_id(self.worker_id),
-            "enable.idempotence": True,
+            **PRODUCER_CONFIG,
             "compression.type": "zstd",
             "linger.ms": 5,
             "message.timeout.ms": int(DELIVERY_TIMEOUT_SECONDS * 1000),

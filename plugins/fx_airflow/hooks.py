@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
 
-from fx_workers.protocol import READER_CONFIG
+from fx_workers.protocol import PRODUCER_CONFIG, READER_CONFIG
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 class ResultsReaderHook(KafkaBaseHook):
     """A consumer for ``assign()`` at given offsets that never joins a group or commits, so readers
     (the trigger, the aggregation, their retries) never move each other's or the workers' offsets.
+    The connection's producer settings (:data:`~fx_workers.protocol.PRODUCER_CONFIG`, for the DAG's
+    ``publish``) are left out: a consumer warns about each.
 
     :param kafka_config_id: the connection, defaults to "kafka_default"
     """
@@ -22,4 +24,5 @@ class ResultsReaderHook(KafkaBaseHook):
     def _get_client(self, config: dict[str, Any]) -> Consumer:
         from confluent_kafka import Consumer
 
-        return Consumer(config | READER_CONFIG)
+        reader = {key: value for key, value in config.items() if key not in PRODUCER_CONFIG}
+        return Consumer(reader | READER_CONFIG)
