@@ -12,8 +12,6 @@ from fx_workers.engine.graph import Cypher, open_driver, read_accounts
 from tests.integration.pipeline_env import Slice
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from neo4j import Driver
 
     from fx_workers.config import Settings
@@ -37,18 +35,11 @@ def test_accounts_without_an_id_do_not_shift_the_costs(neo4j_driver: Driver, set
         neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)
 
 
-def test_a_routing_uri_extracts_what_a_direct_one_does(redis_client, kafka_admin, neo4j_driver,
-                                                       settings: Settings, tmp_path: Path) -> None:
+def test_a_routing_uri_extracts_what_a_direct_one_does(piece: Slice, redis_client, settings: Settings) -> None:
     """``neo4j://`` (routing; Community serves it from its single instance) gives the same run as ``bolt://``:
     every read is a read transaction, which a cluster would route to a follower or read replica."""
-    direct = Slice.create()
-    try:
-        direct.load_graph(tmp_path, kafka_admin)
-        host, port = urlsplit(settings.neo4j.uri).hostname, settings.neo4j.port
-        env = {**direct.env, "FX__NEO4J__URI": f"neo4j://{host}:{port}"}
-        routed = Slice(load_settings(environ=env), env)
-        with open_driver(routed.settings.neo4j) as driver:
-            assert isinstance(driver, Neo4jDriver), type(driver)  # the routing driver, not a direct one
-        assert routed.local_snapshot(redis_client) == direct.local_snapshot(redis_client)
-    finally:
-        direct.drop(redis_client, kafka_admin, neo4j_driver)
+    env = {**piece.env, "FX__NEO4J__URI": f"neo4j://{urlsplit(settings.neo4j.uri).hostname}:{settings.neo4j.port}"}
+    routed = Slice(load_settings(environ=env), env)
+    with open_driver(routed.settings.neo4j) as driver:
+        assert isinstance(driver, Neo4jDriver), type(driver)  # the routing driver, not a direct one
+    assert routed.local_snapshot(redis_client) == piece.local_snapshot(redis_client)

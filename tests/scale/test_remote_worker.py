@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from tests.integration.pipeline_env import Slice
 
+pytestmark = pytest.mark.integration  # it needs the local stack
 WORKER_ID = "remote-0"
 BATCH_SIZE = 150
 
