@@ -23,6 +23,7 @@ import sys
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fx_workers.config import REPO_ROOT
 from fx_workers.protocol import PRODUCER_CONFIG
@@ -114,18 +115,25 @@ def _connections(settings: Settings) -> dict[str, dict[str, Any]]:
     ``fx_redis`` logs in as ``redis.user`` (RedisHook sends the login as the ACL user name).
     """
     neo4j, redis = settings.neo4j, settings.redis
-    host, port = neo4j.uri.split("://", 1)[-1].rsplit(":", 1)
     has_password = neo4j.password is not None or neo4j.password_file.exists()
     redis_password = redis.secret()
     redis_auth = {"password": redis_password, **({"login": redis.user} if redis.user else {})}
     return {
         "fx_kafka": {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka.bootstrap_servers,
                                                      **PRODUCER_CONFIG}},
-        "fx_neo4j": {"conn_type": "neo4j", "host": host, "port": int(port), "login": neo4j.user,
-                     "schema": neo4j.database, **({"password": neo4j.secret()} if has_password else {})},
+        "fx_neo4j": {"conn_type": "neo4j", "host": urlsplit(neo4j.uri).hostname, "port": neo4j.port,
+                     "login": neo4j.user, "schema": neo4j.database, "extra": _neo4j_scheme_extra(neo4j.uri),
+                     **({"password": neo4j.secret()} if has_password else {})},
         "fx_redis": {"conn_type": "redis", **_redis_endpoint(redis),
                      **(redis_auth if redis_password is not None else {})},
     }
+
+
+def _neo4j_scheme_extra(uri: str) -> dict[str, bool]:
+    """The extras with which Airflow's ``Neo4jHook`` builds ``uri``'s scheme (it knows ``bolt`` or
+    ``neo4j``, plus ``+s`` or ``+ssc``), so the DAG's ``plan`` routes its reads as the workers do."""
+    base, _, tls = urlsplit(uri).scheme.partition("+")
+    return {"neo4j_scheme": base == "neo4j", "certs_trusted_ca": tls == "s", "certs_self_signed": tls == "ssc"}
 
 
 def _redis_endpoint(config: RedisConfig) -> dict[str, Any]:
