@@ -24,6 +24,7 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel, SecretStr
 
 from fx_workers.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
+from fx_workers.protocol import PRODUCER_CONFIG
 from fx_workers.tools.stack import REDIS_READER, redis_acl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -465,7 +466,8 @@ def test_airflow_connections_match_the_fx_settings(services: Services) -> None:
         assert connection_ids_used() <= set(connections), name
 
         kafka = connections["fx_kafka"]
-        assert (kafka["conn_type"], kafka["extra"]["bootstrap.servers"]) == ("kafka", settings.kafka.bootstrap_servers)
+        assert kafka["conn_type"] == "kafka"
+        assert kafka["extra"] == {"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_CONFIG}
 
         neo4j, uri = connections["fx_neo4j"], urlsplit(settings.neo4j.uri)
         scheme = "neo4j" if neo4j.get("extra", {}).get("neo4j_scheme") else "bolt"  # as Neo4jHook.get_uri
