@@ -1,17 +1,22 @@
 """``redis.mode`` and ``redis.nodes``: parsed from the file or a comma list in the environment, and
-refused with the key named when they cannot work."""
+refused with the key named when they cannot work; what ``make up`` makes of them (no server started)."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
 
 from fx_workers.config import ConfigError, load_settings
-from fx_workers.tools.stack import redis_acl
+from fx_workers.tools.stack import env, redis_acl
+from tests.scale.conftest import import_stackctl
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from fx_workers.config import Settings
 
 
 @pytest.fixture
@@ -57,3 +62,53 @@ def test_cluster_users_may_discover_the_slots_and_standalone_users_stay_as_they_
             assert rules.endswith("+cluster|slots +cluster|shards +cluster|info +command +readonly +asking"), user
             assert rules.startswith(redis_acl(standalone)[user])
     assert not any("cluster" in rules for rules in redis_acl(standalone).values())
+
+
+@pytest.fixture
+def cluster_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(nodes: str = "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002", replicas: int = 0) -> Settings:
+        path = tmp_path / "config.yaml"
+        path.write_text("redis:\n  mode: cluster\n")
+        return load_settings(path, {"FX__REDIS__NODES": nodes, "FX__STACK__REDIS_REPLICAS": str(replicas),
+                                    "FX__REDIS__USER": "fx", "FX__REDIS__PASSWORD": "writer-secret",
+                                    "FX__WORKERS__COUNT": "1"})
+    return make
+
+
+def test_the_stack_runs_replicas_on_the_ports_after_the_masters(cluster_settings: Callable[..., Settings]) -> None:
+    stackctl = import_stackctl()
+    assert [port for _, port in stackctl.redis_cluster_nodes(cluster_settings(replicas=1))] == [
+        7000, 7001, 7002, 7003, 7004, 7005]
+    with pytest.raises(stackctl.StackError, match=r"at least 3 masters in redis\.nodes"):
+        stackctl.redis_cluster_nodes(cluster_settings("127.0.0.1:7000,127.0.0.1:7001"))
+    with pytest.raises(stackctl.StackError, match="loopback"):
+        stackctl.redis_cluster_nodes(cluster_settings("10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000"))
+
+
+def test_cluster_nodes_keep_passwords_off_the_command_line(cluster_settings: Callable[..., Settings]) -> None:
+    stackctl = import_stackctl()
+    settings = cluster_settings()
+    layout = stackctl.Layout(settings.stack.dir)
+    nodes = stackctl.redis_cluster_services(settings, layout)
+    assert [node.name for node in nodes] == ["redis-7000", "redis-7001", "redis-7002"]
+    assert nodes[-1].needs == ("redis-7000", "redis-7001") and nodes[-1].ready is not None
+    nodes[0].prepare()
+    conf = settings.stack.dir / "redis-cluster" / "7000" / "redis.conf"
+    admin = stackctl.redis_cluster_admin_file(layout).read_text().strip()
+    assert nodes[0].command == ("redis-server", str(conf)) and nodes[0].ports == (7000, 17000)
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    text = conf.read_text()
+    assert "cluster-enabled yes" in text and f"masteruser {stackctl.REDIS_CLUSTER_ADMIN}\nmasterauth {admin}" in text
+    acl = (settings.stack.dir / "redis-cluster" / "users.acl").read_text()
+    assert admin not in acl and "writer-secret" not in acl
+    assert f"user {stackctl.REDIS_CLUSTER_ADMIN} reset on resetchannels -@all +cluster +psync " in acl
+
+    workers = [s for s in stackctl.services(settings, layout) if s.name.startswith("worker-")]
+    assert workers[0].needs[-3:] == ("redis-7000", "redis-7001", "redis-7002") and "redis" not in workers[0].needs
+
+
+def test_airflow_reaches_the_cluster_through_fx_redis(cluster_settings: Callable[..., Settings]) -> None:
+    connection = json.loads(env(cluster_settings())["AIRFLOW_CONN_FX_REDIS"])
+    assert (connection["host"], connection["port"], connection["login"]) == ("127.0.0.1", 7000, "fx")
+    assert connection["extra"] == {"cluster": True,
+                                   "startup_nodes": "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"}

@@ -128,6 +128,11 @@ def test_a_run_on_a_cluster_reads_like_standalone(on_cluster: ClusterRun, standa
     exported = export_run(FeatureReader(client, moved.keys), tmp_path / "edges.csv", edges=True)
     assert exported.rows == transfers  # SCAN over every master found each transfer once
 
+    registry = moved.registry(client)
+    assert [run.run_id for run in registry.list() if run.latest] == [run_id]  # fx runs list
+    assert registry.delete(run_id) == sum(spread.values())  # retention's SCAN + UNLINK, on every master
+    assert set(keys_per_master(client, moved.keys.of_run(run_id).pattern).values()) == {0}
+
 
 @pytest.mark.parametrize("on_cluster", [1], indirect=True, ids=["3 masters, 3 replicas"])
 def test_a_master_killed_mid_run_ends_right_or_fails_loudly(on_cluster: ClusterRun, standalone: tuple) -> None:
@@ -147,9 +152,13 @@ def test_a_master_killed_mid_run_ends_right_or_fails_loudly(on_cluster: ClusterR
 
     code, output = finish(run)
     if code != 0:
-        assert "failed over during the run" in output, output[-5000:]
+        loud = [line for line in output.splitlines() if "failed over during the run" in line]
+        assert loud, output[-5000:]
+        print(f"master {victim.name} killed mid-run; the run failed loudly: {loud[0][-300:]}")
         code, output = finish(dags_test(env, BATCH_SIZE))
         assert code == 0, output[-5000:]
+    else:
+        print(f"master {victim.name} killed mid-run; the run ended verified")
     client = open_redis(moved.settings.redis)
     assert victim.name not in {node.name for node in client.get_primaries()}  # its replica took over
     assert_reads_like(client, moved, standalone)
