@@ -112,3 +112,10 @@ def test_airflow_reaches_the_cluster_through_fx_redis(cluster_settings: Callable
     assert (connection["host"], connection["port"], connection["login"]) == ("127.0.0.1", 7000, "fx")
     assert connection["extra"] == {"cluster": True,
                                    "startup_nodes": "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"}
+
+
+def test_the_stack_env_names_the_cluster(cluster_settings: Callable[..., Settings]) -> None:
+    """``source .stack/env`` in a new shell reaches the cluster ``make up`` started from the environment."""
+    exported = import_stackctl().env_exports(cluster_settings())
+    assert (exported["FX__REDIS__MODE"], exported["FX__REDIS__NODES"]) == (
+        "cluster", "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
