@@ -5,6 +5,9 @@ verified run can become ``latest``, by one ``SET``; readers resolve ``latest`` f
 from one whole run to the next. Retention keeps the ``latest`` run and the most recently published
 others up to ``retention.runs``, and deletes the rest (superseded, failed, and abandoned runs) with
 ``SCAN`` + ``UNLINK``, never ``KEYS``.
+
+Every command names one key (no transaction, no multi-key command), so all of it works on a Redis
+Cluster, where ``SCAN`` runs on every master and each ``UNLINK`` goes to its key's slot.
 """
 
 from __future__ import annotations
