@@ -96,3 +96,7 @@ bench: setup up ## Benchmark local, distributed, dag (Airflow), naive and the I/
 
 bench-full: setup up ## The same with naive to 100k and 1 worker, plus 1M transactions, distributed included
 	@$(PY) -m bench.run --sizes 500,10000,100000,amlsim,1000000
+
+.PHONY: bench-capacity
+bench-capacity: setup up ## Measure the capacity model's rates, check it with 1/2/4 workers and 1/3 Redis shards (docs/scaling.md)
+	@$(PY) -m bench.capacity

@@ -8,12 +8,25 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 from bench import report
+from bench.capacity import batch_overhead, tail
 from bench.dag import TRIGGER, log_parts, task_breakdown
 from bench.floor import load_records, resp_commands
 from bench.measure import PhaseClock
+from bench.model import (
+    Deployment,
+    Rates,
+    Workload,
+    fair_share,
+    predict,
+    shards_for_memory,
+    worker_chain_seconds,
+    workers_to_saturate,
+    write_throughput,
+)
 from bench.naive import Leg, core_edge_features, core_node_features
 from bench.run import merge
 from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
@@ -288,3 +301,61 @@ def test_merge_appends_the_sizes_of_later_runs() -> None:
     assert merged["command"] == "python -m bench.run --sizes 500; python -m bench.run --sizes 1000000"
     assert (merged["finished_at"], merged["notes"], merged["profile"]) == (second["finished_at"], ["1M once"],
                                                                            second["profile"])
+
+
+RATES = Rates(neo4j_transfers_per_s=10_000, read_transfers_per_s=5_000, compute_accounts_per_s=2_000,
+              write_records_per_s=10_000, redis_records_per_s=50_000, batch_overhead_s=0.1,
+              plan_accounts_per_s=100_000, tail_s=2.0, airflow_s=15.0, node_bytes=2_000, edge_bytes=400)
+LOAD = Workload(transfers=100_000, accounts=10_000)
+"""By hand: 110,000 records, 10 batches of 1000; a worker's chain is 100,000 / 5,000 (read) + 10,000 / 2,000
+(compute) + 110,000 / 10,000 (write) + 10 x 0.1 (per batch) = 20 + 5 + 11 + 1 = 37 s; the fixed part is
+10,000 / 100,000 (plan) + 2 (tail) + 15 (Airflow) = 17.1 s; one run's records take 10,000 x 2,000 + 100,000 x 400
+= 60 MB."""
+
+
+def test_the_slowest_stage_sets_the_wall_time() -> None:
+    where = Deployment(workers=4, shards=2, neo4j_cores=1)
+    assert worker_chain_seconds(RATES, LOAD, 1000) == pytest.approx(37.0)
+    guess = predict(RATES, LOAD, where)
+    assert guess.stages == pytest.approx({"worker": 37 / 4, "neo4j": 10.0, "redis": 1.1})
+    assert (guess.bottleneck, guess.seconds) == ("neo4j", pytest.approx(17.1 + 10.0))
+    assert guess.memory_bytes == pytest.approx(60e6 * 3)  # two retained runs and the one being written
+    assert guess.per_shard_bytes(2) == pytest.approx(90e6)
+    assert shards_for_memory(guess, 25e6) == 8
+
+
+def test_read_servers_divide_neo4j_and_the_workers_come_next() -> None:
+    guess = predict(RATES, LOAD, Deployment(workers=4, shards=2, neo4j_cores=1, neo4j_servers=3))
+    assert guess.stages["neo4j"] == pytest.approx(10 / 3)
+    assert (guess.bottleneck, guess.seconds) == ("worker", pytest.approx(17.1 + 9.25))
+    assert workers_to_saturate(RATES, LOAD, Deployment(workers=4, shards=2, neo4j_cores=1)) == pytest.approx(3.7)
+
+
+def test_one_host_counts_every_cpu_second_against_its_cores() -> None:
+    guess = predict(RATES, LOAD, Deployment(workers=4, shards=1, neo4j_cores=2, host_cores=2, airflow=False))
+    assert guess.stages["host"] == pytest.approx((37 - 1) / 2)  # Kafka's per-batch share is waiting, not CPU
+    assert (guess.bottleneck, guess.seconds) == ("host", pytest.approx(2.1 + 18.0))
+
+
+def test_write_throughput_is_capped_by_the_clients_the_shards_or_the_host() -> None:
+    assert write_throughput(10_000, 50_000, clients=2, shards=1, host_cores=None) == pytest.approx(20_000)
+    assert write_throughput(10_000, 50_000, clients=8, shards=1, host_cores=None) == pytest.approx(50_000)
+    assert write_throughput(10_000, 50_000, clients=8, shards=3, host_cores=None) == pytest.approx(80_000)
+    assert write_throughput(10_000, 50_000, clients=2, shards=3, host_cores=1) == pytest.approx(10_000)
+
+
+def test_fair_share_and_workload_shape() -> None:
+    assert fair_share(2, 2, 0) == 2
+    assert fair_share(2, 1, 0) == 1
+    assert fair_share(2, 2, 3) == pytest.approx(0.8)
+    assert Workload.like(1000, 8.0) == Workload(1000, 125)
+    assert Workload.like(1001, 8.0).accounts == 126
+    assert LOAD.records == 110_000
+
+
+def test_batch_overhead_and_tail_come_from_a_distributed_run() -> None:
+    run = {"seconds": 15.0, "accounts": 2500, "phases": {
+        "plan + publish": 1.0, "workers": 10.0, "worker extract (sum)": 3.0, "worker write (sum)": 4.0,
+        "worker stats (sum)": 1.0}}
+    assert batch_overhead(run) == pytest.approx((10 - 8) / 3)  # 2,500 accounts: 3 batches
+    assert tail(run) == pytest.approx(4.0)
