@@ -18,6 +18,7 @@ from fx_workers.store.client import open_redis
 from fx_workers.store.reader import META_RUN_ID, FeatureReader
 from fx_workers.tools.doctor import redis_checks
 from fx_workers.tools.export import export_run
+from fx_workers.worker import check_health
 from tests.integration.pipeline_env import AS_OF, Workers, dags_test, migrated_airflow
 from tests.scale.conftest import import_stackctl, redis_cluster
 
@@ -125,6 +126,7 @@ def test_a_run_on_a_cluster_reads_like_standalone(on_cluster: ClusterRun, standa
     assert sum(spread.values()) == accounts + transfers + int(manifest["batches"])  # plan keys included
     assert manifest["topology"].count("=") == 3
 
+    assert all(check_health(moved.settings, str(worker))[0] for worker in on_cluster.workers.procs)  # health keys
     exported = export_run(FeatureReader(client, moved.keys), tmp_path / "edges.csv", edges=True)
     assert exported.rows == transfers  # SCAN over every master found each transfer once
 
