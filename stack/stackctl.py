@@ -124,11 +124,13 @@ def services(settings: Settings, layout: Layout) -> list[Service]:
 
 def env_exports(settings: Settings) -> dict[str, str]:
     """Variables every service gets and ``<stack.dir>/env`` exports; ``PATH`` gets the venv first. With
-    several brokers, ``FX__KAFKA__BOOTSTRAP_SERVERS`` (and ``fx_kafka``) lists them all; with a Redis
+    several brokers, ``FX__KAFKA__BOOTSTRAP_SERVERS`` (and ``fx_kafka``) lists them all and
+    ``FX__STACK__KAFKA_BROKERS`` counts them (they may come from the environment); with a Redis
     Cluster, ``FX__REDIS__MODE`` and ``FX__REDIS__NODES`` name it (they may come from the environment)."""
     cluster = with_all_brokers(settings)
     several = settings.stack.kafka_brokers > 1
-    brokers = {"FX__KAFKA__BOOTSTRAP_SERVERS": cluster.kafka.bootstrap_servers} if several else {}
+    brokers = ({"FX__KAFKA__BOOTSTRAP_SERVERS": cluster.kafka.bootstrap_servers,
+                "FX__STACK__KAFKA_BROKERS": str(settings.stack.kafka_brokers)} if several else {})
     store = ({"FX__REDIS__MODE": "cluster", "FX__REDIS__NODES": ",".join(settings.redis.nodes)}
              if settings.redis.mode == "cluster" else {})
     return {"FX_CONFIG": str(config_path().resolve()), **brokers, **store, **pipeline_env(cluster)}

@@ -78,7 +78,7 @@ def test_one_broker_keeps_its_name_ports_and_home(tmp_path: Path) -> None:
     [service] = stackctl.kafka_services(settings, stackctl.Layout(tmp_path))
     assert (service.name, service.ports) == ("kafka", (9092, 9093))
     assert service.command[-1] == str(tmp_path / "kafka" / "server.properties")
-    assert "FX__KAFKA__BOOTSTRAP_SERVERS" not in stackctl.env_exports(settings)
+    assert not {"FX__KAFKA__BOOTSTRAP_SERVERS", "FX__STACK__KAFKA_BROKERS"} & set(stackctl.env_exports(settings))
 
 
 def test_topics_are_replicated_on_every_broker_two_in_sync_with_three(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_topics_are_replicated_on_every_broker_two_in_sync_with_three(tmp_path: 
 def test_every_client_of_the_stack_gets_all_brokers_and_producers_wait_for_the_replicas(tmp_path: Path) -> None:
     exports = stackctl.env_exports(three_brokers(tmp_path))
     servers = "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
-    assert exports["FX__KAFKA__BOOTSTRAP_SERVERS"] == servers
+    assert (exports["FX__KAFKA__BOOTSTRAP_SERVERS"], exports["FX__STACK__KAFKA_BROKERS"]) == (servers, "3")
     connection = json.loads(exports["AIRFLOW_CONN_FX_KAFKA"])  # the DAG's producer, admin and readers
     assert connection["extra"] == {"bootstrap.servers": servers, "acks": "all", "enable.idempotence": True}
     assert PRODUCER_CONFIG == {"acks": "all", "enable.idempotence": True}
