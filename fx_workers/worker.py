@@ -176,7 +176,10 @@ class Worker:
         (such as a fenced static member) rebuilds the consumer.
         """
         consumer, producer = self._consumer(), self._producer()
-        driver, redis = open_driver(self.settings.neo4j), open_redis(self.settings.redis)
+        # The worker's own backoff (workers.retry_seconds, logged per attempt) is the one retry budget:
+        # the driver's 30 s of retries inside every managed transaction would stretch it many times over.
+        driver = open_driver(self.settings.neo4j, max_transaction_retry_time=0)
+        redis = open_redis(self.settings.redis)
         health = threading.Thread(target=self._keep_health, args=(redis,), name="health", daemon=True)
         health.start()
         handled = 0

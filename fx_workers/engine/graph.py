@@ -21,11 +21,14 @@ if TYPE_CHECKING:
     from fx_workers.config import GraphModel, Neo4jConfig
 
 
-def open_driver(config: Neo4jConfig) -> Driver:
-    """A connected driver; the caller closes it (use it as a context manager)."""
+def open_driver(config: Neo4jConfig, **options: object) -> Driver:
+    """A connected driver; the caller closes it (use it as a context manager).
+
+    :param options: more ``GraphDatabase.driver`` settings, such as ``max_transaction_retry_time``
+    """
     from neo4j import GraphDatabase
 
-    return GraphDatabase.driver(config.uri, auth=(config.user, config.secret()))
+    return GraphDatabase.driver(config.uri, auth=(config.user, config.secret()), **options)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ class Harness:
             time.sleep(0.02)
         what = FAULTS[name](self, rng) if run.poll() is None else "the run ended before the fault"
         output, _ = run.communicate(timeout=RUN_TIMEOUT_SECONDS)
+        keep_log(self.piece.settings, f"{name}-{seed}", output)
         seconds = time.monotonic() - started
         for victim in self.lost:
             self.workers.restart(victim)
@@ -188,6 +189,13 @@ class Harness:
         if self.piece.snapshot(self.client) != self.expected:
             return Outcome(name, seed, "WRONG: readers get other values than a clean run", seconds, what)
         return Outcome(name, seed, result, seconds, what)
+
+
+def keep_log(settings: Settings, case: str, output: str) -> None:
+    """The run's ``dags test`` output, kept under ``<stack.dir>/faults/`` to read after a failure."""
+    path = settings.stack.dir / "faults" / f"{case}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(output)
 
 
 def _last_error(output: str) -> str:
