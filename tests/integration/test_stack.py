@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,13 +24,18 @@ if TYPE_CHECKING:
     from fx_workers.config import Settings
 
 
-def test_kafka_creates_and_lists_a_topic(kafka_admin: AdminClient) -> None:
+def test_kafka_creates_and_lists_a_topic_and_logs_it(kafka_admin: AdminClient, settings: Settings) -> None:
     name = f"fx-stack-test-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics([NewTopic(name, 2, 1)])[name].result(timeout=30)
     try:
         topics = kafka_admin.list_topics(timeout=10).topics
         assert name in topics
         assert len(topics[name].partitions) == 2
+        log = settings.stack.dir / "logs" / "kafka.log"  # the broker's log4j output (once silenced by slf4j 1.7)
+        deadline = time.monotonic() + 15
+        while name not in log.read_text():
+            assert time.monotonic() < deadline, f"Kafka logged nothing about topic {name} in {log}"
+            time.sleep(0.2)
     finally:
         kafka_admin.delete_topics([name])[name].result(timeout=30)
 
