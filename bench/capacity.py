@@ -71,6 +71,7 @@ from tests.scale.conftest import free_ports, import_stackctl, redis_cluster
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from confluent_kafka import Consumer
     from neo4j import Driver, ManagedTransaction
 
     from fx_workers.config import Settings
@@ -218,8 +219,8 @@ def server_seconds(driver: Driver, settings: Settings, ids: list[str], as_of: in
 
 def measure_reads(settings: Settings,
                   graph: BenchGraph) -> tuple[list[dict[str, Any]], list[BatchInput], list[list[str]]]:
-    """Every batch read as a worker reads it (``read_graph``, wall time), each followed by the same queries
-    again for the server's own time, at each of :data:`BATCH_SIZES`, :data:`READ_PASSES` times (the
+    """Every batch read as a worker reads it (``read_graph``: wall and thread time), each followed by the
+    same queries again for the server's own time, at each of :data:`BATCH_SIZES`, :data:`READ_PASSES` times (the
     fastest pass counts: the machine is shared). Returns the table, and the inputs and batches at
     :data:`BATCH_SIZE`."""
     rows, kept, kept_batches = [], [], []
@@ -229,33 +230,37 @@ def measure_reads(settings: Settings,
             batches = lpt_batches(ids, costs, batch_size)
             passes = []
             for _ in range(READ_PASSES):
-                inputs, wall, server = [], 0.0, 0.0
+                inputs, wall, cpu, server = [], 0.0, 0.0, 0.0
                 for batch in batches:
-                    started = time.perf_counter()
+                    started, used = time.perf_counter(), time.thread_time()
                     inputs.append(read_graph(driver, settings, batch, graph.as_of))
                     wall += time.perf_counter() - started
+                    cpu += time.thread_time() - used
                     server += server_seconds(driver, settings, batch, graph.as_of)
-                passes.append((wall, server, inputs))
-            wall, server, inputs = min(passes, key=lambda p: p[0])
-            rows.append({"batch_size": batch_size, "batches": len(batches), "wall_s": wall, "server_s": server,
-                         "passes_wall_s": [p[0] for p in passes],
+                passes.append((wall, cpu, server, inputs))
+            wall, cpu, server, inputs = min(passes, key=lambda p: p[0])
+            rows.append({"batch_size": batch_size, "batches": len(batches), "wall_s": wall, "client_cpu_s": cpu,
+                         "server_s": server, "passes_wall_s": [p[0] for p in passes],
                          "transfers_per_s_wall": graph.transactions / wall,
+                         "transfers_per_s_client_cpu": graph.transactions / cpu,
                          "transfers_per_s_server": graph.transactions / server})
-            print(f"  reads at {batch_size}: {wall:.2f} s wall, {server:.2f} s in Neo4j", file=sys.stderr)
+            print(f"  reads at {batch_size}: {wall:.2f} s wall, {cpu:.2f} s of our CPU, {server:.2f} s in Neo4j",
+                  file=sys.stderr)
             if batch_size == BATCH_SIZE:
                 kept, kept_batches = inputs, batches
     return rows, kept, kept_batches
 
 
 def measure_compute(inputs: list[BatchInput]) -> tuple[dict[str, Any], list[BatchFeatures]]:
-    """The feature engine alone on inputs already read: accounts per second of one core."""
-    features, seconds = [], 0.0
+    """The feature engine alone on inputs already read: accounts per second of one core (thread time)."""
+    features, seconds, cpu = [], 0.0, 0.0
     for batch in inputs:
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.thread_time()
         features.append(compute_features(batch))
         seconds += time.perf_counter() - started
+        cpu += time.thread_time() - used
     accounts = sum(len(f.node_ids) for f in features)
-    return {"accounts": accounts, "seconds": seconds, "accounts_per_s": accounts / seconds}, features
+    return {"accounts": accounts, "seconds": seconds, "cpu_s": cpu, "accounts_per_s": accounts / cpu}, features
 
 
 def measure_batch_writer(settings: Settings, features: list[BatchFeatures]) -> dict[str, Any]:
@@ -263,14 +268,15 @@ def measure_batch_writer(settings: Settings, features: list[BatchFeatures]) -> d
     client, servers = open_redis(settings.redis), OwnServers.of(settings)
     keys = RedisKeys(settings.redis.prefix).of_run(f"cap{uuid.uuid4().hex[:6]}")
     before = servers.totals()
-    started = time.perf_counter()
+    started, used = time.perf_counter(), time.thread_time()
     for batch in features:
         BatchWriter(client, keys).write(batch)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - used
     records = sum(len(f.node_ids) + len(f.tx_ids) for f in features)
     cost = server_cost(before, servers.totals(), records)
     clear_prefix(client, settings.redis.prefix)
-    return {"records": records, "seconds": seconds, "records_per_s": records / seconds, **cost}
+    return {"records": records, "seconds": seconds, "records_per_s": records / seconds,
+            "client_cpu_us_per_record": cpu / records * 1e6, **cost}
 
 
 def _write_share(settings: Settings, path: Path, run_id: str, share: int, writers: int,
@@ -278,9 +284,9 @@ def _write_share(settings: Settings, path: Path, run_id: str, share: int, writer
     """A writer process: its share of the prepared records, loaded, then written once all are ready."""
     records = load_records(path, settings.redis.prefix, run_id)[0][share::writers]
     barrier.wait()
-    started = time.perf_counter()
+    started, used = time.perf_counter(), time.thread_time()
     write_redis_py(settings, records)
-    out.put((started, time.perf_counter(), len(records)))
+    out.put((started, time.perf_counter(), len(records), time.thread_time() - used))
 
 
 def measure_floor_writes(settings: Settings, path: Path, writers: int) -> dict[str, Any]:
@@ -292,11 +298,11 @@ def measure_floor_writes(settings: Settings, path: Path, writers: int) -> dict[s
     if writers == 1:
         records, accounts, transfers = load_records(path, settings.redis.prefix, run_id)
         before = servers.totals()
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.thread_time()
         write_redis_py(settings, records[:accounts])
         middle = servers.totals()
         write_redis_py(settings, records[accounts:])
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.thread_time() - used
         after = servers.totals()
         result |= {"node_bytes": (middle["memory"] - before["memory"]) / accounts,
                    "edge_bytes": (after["memory"] - middle["memory"]) / transfers}
@@ -313,11 +319,11 @@ def measure_floor_writes(settings: Settings, path: Path, writers: int) -> dict[s
         for process in processes:
             process.join()
         after = servers.totals()
-        seconds = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-        count = sum(n for _, _, n in spans)
+        seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
+        count, cpu = sum(span[2] for span in spans), sum(span[3] for span in spans)
     clear_prefix(client, settings.redis.prefix)
     return result | {"records": count, "seconds": seconds, "records_per_s": count / seconds,
-                     **server_cost(before, after, count)}
+                     "client_cpu_us_per_record": cpu / count * 1e6, **server_cost(before, after, count)}
 
 
 def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], as_of: int) -> dict[str, Any]:
@@ -338,8 +344,7 @@ def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], a
     topic = settings.kafka.topics.results
     producer = Producer(kafka | PRODUCER_CONFIG)
     consumer = Consumer(kafka | READER_CONFIG | {"group.id": f"{topic}-capacity"})
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    consumer.assign([TopicPartition(topic, 0, high)])
+    consumer.assign([TopicPartition(topic, 0, end_offset(consumer, topic))])
     trips = []
     try:
         for _ in range(ROUND_TRIPS):
@@ -354,6 +359,22 @@ def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], a
     return {"accounts": len(ids), "transfers": len(features.tx_ids), "request_bytes": len(request.encode()),
             "signal_bytes": len(payload), "round_trip_s_median": statistics.median(trips),
             "round_trip_s_max": max(trips)}
+
+
+def end_offset(consumer: Consumer, topic: str, attempts: int = 50) -> int:
+    """Partition 0's end offset, once the new topic has a leader (the first asks may find none).
+
+    :raises BenchError: when it still has none after ``attempts`` tries, 0.2 s apart
+    """
+    from confluent_kafka import KafkaException, TopicPartition
+
+    for _ in range(attempts):
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        except KafkaException as exc:
+            problem = str(exc)
+            time.sleep(0.2)
+    raise BenchError(f"{topic}: no end offset after {attempts} tries: {problem}")
 
 
 def others_runnable(seconds: float = IDLE_SAMPLE_SECONDS) -> float:
@@ -386,18 +407,31 @@ def tail(run: dict[str, Any]) -> float:
     return run["seconds"] - run["phases"]["plan + publish"] - run["phases"]["workers"]
 
 
-def airflow_seconds(results_dir: Path = RESULTS) -> dict[str, Any]:
-    """What Airflow adds: the newest bench results with ``dag`` and ``distributed-2`` at one size, the
-    difference of their medians."""
+def from_bench(results_dir: Path = RESULTS) -> dict[str, Any]:
+    """What this module takes from ``make bench``'s newest results rather than measure again: what Airflow
+    adds (the medians of ``dag`` and ``distributed-2`` at the size that has both), and the plan's rate
+    at the largest size ``distributed-2`` ran at (below about 1M accounts its fixed cost hides the rate).
+
+    :raises BenchError: when no results have them
+    """
+    found: dict[str, Any] = {}
     for path in sorted(results_dir.glob("bench-*.json"), reverse=True):
         for size in json.loads(path.read_text())["sizes"]:
             modes = {run["mode"] for run in size["runs"]}
-            if {"dag", "distributed-2"} <= modes:
+            if "distributed-2" not in modes:
+                continue
+            dist = median_of(size["runs"], "distributed-2", lambda r: r["seconds"])
+            if "dag" in modes and "airflow" not in found:
                 dag = median_of(size["runs"], "dag", lambda r: r["seconds"])
-                dist = median_of(size["runs"], "distributed-2", lambda r: r["seconds"])
-                return {"file": path.name, "transactions": size["transactions"], "dag_s": dag,
-                        "distributed_2_s": dist, "seconds": dag - dist}
-    raise RuntimeError(f"no bench results in {results_dir} with both dag and distributed-2; run make bench")
+                found["airflow"] = {"file": path.name, "transactions": size["transactions"], "dag_s": dag,
+                                    "distributed_2_s": dist, "seconds": dag - dist}
+            if size["transactions"] > found.get("plan", {}).get("transactions", 0):
+                plan = median_of(size["runs"], "distributed-2", lambda r: r["phases"]["plan + publish"])
+                found["plan"] = {"file": path.name, "transactions": size["transactions"], "accounts": size["accounts"],
+                                 "seconds": plan, "accounts_per_s": size["accounts"] / plan}
+    if {"airflow", "plan"} - set(found):
+        raise BenchError(f"no bench results in {results_dir} with dag and distributed-2; run make bench")
+    return found
 
 
 def rates_from(measured: dict[str, Any]) -> Rates:
@@ -409,14 +443,14 @@ def rates_from(measured: dict[str, Any]) -> Rates:
     one = [run for run in runs if run["mode"] == "distributed-1"]
     return Rates(
         neo4j_transfers_per_s=reads["transfers_per_s_server"],
-        read_transfers_per_s=reads["transfers_per_s_wall"],
+        read_transfers_per_s=reads["transfers_per_s_client_cpu"],
         compute_accounts_per_s=measured["compute"]["accounts_per_s"],
-        write_records_per_s=standalone["batch_writer"]["records_per_s"],
+        write_records_per_s=1e6 / standalone["batch_writer"]["client_cpu_us_per_record"],
         redis_records_per_s=1e6 / standalone["batch_writer"]["server_cpu_us_per_record"],
         batch_overhead_s=statistics.median(batch_overhead(run) for run in one),
-        plan_accounts_per_s=statistics.median(run["accounts"] / run["phases"]["plan + publish"] for run in runs),
+        plan_accounts_per_s=measured["bench"]["plan"]["accounts_per_s"],
         tail_s=statistics.median(tail(run) for run in runs),
-        airflow_s=measured["airflow"]["seconds"],
+        airflow_s=measured["bench"]["airflow"]["seconds"],
         node_bytes=floor["node_bytes"],
         edge_bytes=floor["edge_bytes"],
     )
@@ -441,12 +475,16 @@ def checks(measured: dict[str, Any], rates: Rates) -> dict[str, Any]:
     shards = []
     for mode, count in (("standalone", 1), ("cluster", 3)):
         one = next(w for w in measured["writes"][mode]["floor"] if w["writers"] == 1)
-        shard = 1e6 / one["server_cpu_us_per_record"] * count  # the CPU is summed over the shards
+        # a record costs one shard what the nodes spent per record together
+        client, shard = 1e6 / one["client_cpu_us_per_record"], 1e6 / one["server_cpu_us_per_record"]
         for floor in measured["writes"][mode]["floor"]:
-            shards.append({"redis": mode, "shards": count, "writers": floor["writers"],
+            n = floor["writers"]
+            share = fair_share(cores, n + 1, measured["writes"]["others_runnable"])
+            shards.append({"redis": mode, "shards": count, "writers": n,
                            "measured_records_per_s": floor["records_per_s"],
-                           "predicted_records_per_s": write_throughput(one["records_per_s"], shard,
-                                                                       floor["writers"], count, cores)})
+                           "predicted_records_per_s": write_throughput(client, shard, n, count, cores),
+                           "fair_share_cores": share,
+                           "predicted_shared_records_per_s": write_throughput(client, shard, n, count, share)})
     return {"others_runnable": others, "workers": workers, "shards": shards}
 
 
@@ -491,11 +529,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.legend()
     labels = [f"{row['redis']}\n{row['writers']} writer{'s' if row['writers'] > 1 else ''}" for row in check["shards"]]
     xs = range(len(labels))
-    width = 0.38
-    right.bar([x - width / 2 for x in xs], [row["measured_records_per_s"] for row in check["shards"]], width,
-              label="measured")
-    right.bar([x + width / 2 for x in xs], [row["predicted_records_per_s"] for row in check["shards"]], width,
-              label="model")
+    width = 0.27
+    for offset, key, label in ((-width, "measured_records_per_s", "measured"),
+                               (0.0, "predicted_records_per_s", "model, 2 cores"),
+                               (width, "predicted_shared_records_per_s", "model, fair share")):
+        right.bar([x + offset for x in xs], [row[key] for row in check["shards"]], width, label=label)
     right.set(xticks=list(xs), xticklabels=labels, ylabel="records/s (redis-py pipelines)",
               title="1 standalone vs 3-master cluster")
     right.legend()
@@ -505,6 +543,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def tables(results: dict[str, Any]) -> str:
+    """The markdown tables of docs/scaling.md's "Capacity model" from a results file: the checks and the
+    predictions (the rates are quoted in its prose)."""
+    lines = ["| workers | measured s (median) | model, 2 cores | model, fair share | bottleneck |",
+             "| ---: | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['workers']} | {', '.join(f'{x:.1f}' for x in r['measured_s'])} ({r['median_s']:.1f}) | "
+              f"{r['predicted_s']:.1f} | {r['predicted_shared_s']:.1f} ({r['fair_share_cores']:.2f} cores) | "
+              f"{r['bottleneck']} |" for r in results["checks"]["workers"]]
+    lines += ["", "| Redis | shards | writers | measured records/s | model, 2 cores | model, fair share |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['redis']} | {r['shards']} | {r['writers']} | {r['measured_records_per_s']:,.0f} | "
+              f"{r['predicted_records_per_s']:,.0f} | {r['predicted_shared_records_per_s']:,.0f} "
+              f"({r['fair_share_cores']:.2f} cores) |" for r in results["checks"]["shards"]]
+    lines += ["", "| transfers | deployment | wall | worker / Neo4j / Redis s | first bottleneck | workers until "
+              "a server saturates | Redis peak (3 runs) | shards at 25 GB |",
+              "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in results["predictions"]:
+        stages = " / ".join(f"{r['stages'][k]:,.0f}" for k in ("worker", "neo4j", "redis"))
+        lines.append(f"| {r['transfers']:,} | {r['deployment']} | {duration(r['seconds'])} | {stages} | "
+                     f"{r['bottleneck']} | {r['workers_to_saturate']:,.0f} | {r['memory_bytes'] / 1e9:,.0f} GB | "
+                     f"{r['shards_for_memory']} |")
+    return "\n".join(lines) + "\n"
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``12 min`` or ``3.4 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 # ---- the run -------------------------------------------------------------------------------------------
 
 def measure_graph(piece: Slice, graph: BenchGraph, targets: dict[str, Settings], records: Path) -> dict[str, Any]:
@@ -512,7 +581,7 @@ def measure_graph(piece: Slice, graph: BenchGraph, targets: dict[str, Settings],
     reads, inputs, batches = measure_reads(piece.settings, graph)
     compute, features = measure_compute(inputs)
     prepare_records(piece.settings, graph.as_of, records)
-    writes = {}
+    writes: dict[str, Any] = {"others_runnable": others_runnable()}
     for mode, settings in targets.items():
         print(f"  writes into our own {mode} Redis", file=sys.stderr)
         writes[mode] = {"batch_writer": measure_batch_writer(settings, features),
@@ -576,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.render.read_text())
         finish(results)
         args.render.write_text(json.dumps(results, indent=1))
+        print(tables(results))
         print(f"rendered {args.render} into {DOCS / 'scaling.png'}", file=sys.stderr)
         return 0
     started = datetime.now(UTC)
@@ -583,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "command": " ".join(["python -m bench.capacity", *(sys.argv[1:] if argv is None else argv)]),
         "started_at": started.isoformat(timespec="seconds"), "commit": commit(), "machine": machine(base),
-        "load_average_at_start": os.getloadavg(), "airflow": airflow_seconds(),
+        "load_average_at_start": os.getloadavg(), "bench": from_bench(),
     }
     path = RESULTS / f"capacity-{started:%Y%m%dT%H%M%S}.json"
     with tempfile.TemporaryDirectory(prefix="fx-capacity-") as tmp, \

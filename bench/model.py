@@ -12,6 +12,10 @@ K workers divide it, Neo4j's server time is divided by the cores of its read ser
 its shards; ``host`` exists only when everything shares one machine's cores (this one), and then
 every CPU second of every party counts against them. Memory is the run's records times the runs
 Redis holds at the peak: the retained ones plus the one being written.
+
+The rates are CPU time (the workers' own thread time, Redis's process time) or Neo4j's own time per
+query, not wall time, so that they hold on a machine whose cores other processes share: contention
+is the ``host`` stage's business, with the cores the run really gets.
 """
 
 from __future__ import annotations
@@ -30,13 +34,13 @@ class Rates:
     """Neo4j's own time (the server's ``result_available_after + result_consumed_after``) for the workers'
     batch reads, as transfers of the graph per second: one query stream, one core."""
     read_transfers_per_s: float
-    """A worker's whole read (``read_graph``: the server's time plus the driver decoding into arrays)."""
+    """A worker's CPU for its read (``read_graph``'s thread time: the driver decoding rows into arrays)."""
     compute_accounts_per_s: float
-    """The feature engine on one core (``compute_features``), no I/O."""
+    """The feature engine's CPU (``compute_features``' thread time), no I/O."""
     write_records_per_s: float
-    """A worker's whole write path (``BatchWriter.write``: encode, checksum, redis-py, the server's replies)."""
+    """A worker's CPU for its write path (``BatchWriter.write``'s thread time: encode, checksum, redis-py)."""
     redis_records_per_s: float
-    """One shard's own time per record (``INFO commandstats``: microseconds per ``HSET``), one core."""
+    """One shard's CPU per record (its process time: protocol, ``HSET``, the append-only file), one core."""
     batch_overhead_s: float
     """Per batch, outside the read, compute and write: Kafka's request and signal, the worker's checks."""
     plan_accounts_per_s: float
@@ -99,10 +103,12 @@ class Prediction:
 
 
 def worker_chain_seconds(rates: Rates, load: Workload, batch_size: int) -> float:
-    """One worker doing every batch in turn: read (waiting on Neo4j), compute, write (waiting on Redis)."""
+    """One worker doing every batch in turn: read (and wait for Neo4j), compute, write (and wait for Redis)."""
     batches = math.ceil(load.accounts / batch_size)
-    return (load.transfers / rates.read_transfers_per_s + load.accounts / rates.compute_accounts_per_s
-            + load.records / rates.write_records_per_s + batches * rates.batch_overhead_s)
+    return (load.transfers / rates.read_transfers_per_s + load.transfers / rates.neo4j_transfers_per_s
+            + load.accounts / rates.compute_accounts_per_s
+            + load.records / rates.write_records_per_s + load.records / rates.redis_records_per_s
+            + batches * rates.batch_overhead_s)
 
 
 def stage_seconds(rates: Rates, load: Workload, where: Deployment) -> dict[str, float]:
@@ -134,13 +140,14 @@ def write_throughput(client_records_per_s: float, shard_records_per_s: float, cl
     """Records per second that ``clients`` writer processes get from ``shards`` shards: the write part of
     the model alone, as the 1-to-3-shard check measures it.
 
-    :param client_records_per_s: one writer's rate (its wall time, the server's replies included)
-    :param shard_records_per_s: one shard's own rate (its time per record)
+    :param client_records_per_s: one writer's CPU rate
+    :param shard_records_per_s: one shard's CPU rate
     :param host_cores: clients and shards share this many cores, or None
     """
-    per_record = {"clients": 1 / (client_records_per_s * clients), "redis": 1 / (shard_records_per_s * shards)}
-    if host_cores is not None:  # a writer's wall per record is its CPU plus the shard's
-        per_record["host"] = 1 / (client_records_per_s * host_cores)
+    both = 1 / client_records_per_s + 1 / shard_records_per_s  # a writer waits for each reply
+    per_record = {"clients": both / clients, "redis": 1 / (shard_records_per_s * shards)}
+    if host_cores is not None:
+        per_record["host"] = both / host_cores
     return 1 / max(per_record.values())
 
 

@@ -307,17 +307,17 @@ RATES = Rates(neo4j_transfers_per_s=10_000, read_transfers_per_s=5_000, compute_
               write_records_per_s=10_000, redis_records_per_s=50_000, batch_overhead_s=0.1,
               plan_accounts_per_s=100_000, tail_s=2.0, airflow_s=15.0, node_bytes=2_000, edge_bytes=400)
 LOAD = Workload(transfers=100_000, accounts=10_000)
-"""By hand: 110,000 records, 10 batches of 1000; a worker's chain is 100,000 / 5,000 (read) + 10,000 / 2,000
-(compute) + 110,000 / 10,000 (write) + 10 x 0.1 (per batch) = 20 + 5 + 11 + 1 = 37 s; the fixed part is
-10,000 / 100,000 (plan) + 2 (tail) + 15 (Airflow) = 17.1 s; one run's records take 10,000 x 2,000 + 100,000 x 400
-= 60 MB."""
+"""By hand: 110,000 records, 10 batches of 1000; a worker's chain is 100,000 / 5,000 (its read) + 100,000 / 10,000
+(Neo4j) + 10,000 / 2,000 (compute) + 110,000 / 10,000 (its write) + 110,000 / 50,000 (Redis) + 10 x 0.1 (per
+batch) = 20 + 10 + 5 + 11 + 2.2 + 1 = 49.2 s; the fixed part is 10,000 / 100,000 (plan) + 2 (tail) + 15 (Airflow)
+= 17.1 s; one run's records take 10,000 x 2,000 + 100,000 x 400 = 60 MB."""
 
 
 def test_the_slowest_stage_sets_the_wall_time() -> None:
-    where = Deployment(workers=4, shards=2, neo4j_cores=1)
-    assert worker_chain_seconds(RATES, LOAD, 1000) == pytest.approx(37.0)
+    where = Deployment(workers=8, shards=2, neo4j_cores=1)
+    assert worker_chain_seconds(RATES, LOAD, 1000) == pytest.approx(49.2)
     guess = predict(RATES, LOAD, where)
-    assert guess.stages == pytest.approx({"worker": 37 / 4, "neo4j": 10.0, "redis": 1.1})
+    assert guess.stages == pytest.approx({"worker": 49.2 / 8, "neo4j": 10.0, "redis": 1.1})
     assert (guess.bottleneck, guess.seconds) == ("neo4j", pytest.approx(17.1 + 10.0))
     assert guess.memory_bytes == pytest.approx(60e6 * 3)  # two retained runs and the one being written
     assert guess.per_shard_bytes(2) == pytest.approx(90e6)
@@ -325,23 +325,24 @@ def test_the_slowest_stage_sets_the_wall_time() -> None:
 
 
 def test_read_servers_divide_neo4j_and_the_workers_come_next() -> None:
-    guess = predict(RATES, LOAD, Deployment(workers=4, shards=2, neo4j_cores=1, neo4j_servers=3))
+    guess = predict(RATES, LOAD, Deployment(workers=8, shards=2, neo4j_cores=1, neo4j_servers=3))
     assert guess.stages["neo4j"] == pytest.approx(10 / 3)
-    assert (guess.bottleneck, guess.seconds) == ("worker", pytest.approx(17.1 + 9.25))
-    assert workers_to_saturate(RATES, LOAD, Deployment(workers=4, shards=2, neo4j_cores=1)) == pytest.approx(3.7)
+    assert (guess.bottleneck, guess.seconds) == ("worker", pytest.approx(17.1 + 6.15))
+    assert workers_to_saturate(RATES, LOAD, Deployment(workers=8, shards=2, neo4j_cores=1)) == pytest.approx(4.92)
 
 
 def test_one_host_counts_every_cpu_second_against_its_cores() -> None:
     guess = predict(RATES, LOAD, Deployment(workers=4, shards=1, neo4j_cores=2, host_cores=2, airflow=False))
-    assert guess.stages["host"] == pytest.approx((37 - 1) / 2)  # Kafka's per-batch share is waiting, not CPU
-    assert (guess.bottleneck, guess.seconds) == ("host", pytest.approx(2.1 + 18.0))
+    assert guess.stages["host"] == pytest.approx((49.2 - 1) / 2)  # Kafka's per-batch share is waiting, not CPU
+    assert (guess.bottleneck, guess.seconds) == ("host", pytest.approx(2.1 + 24.1))
 
 
 def test_write_throughput_is_capped_by_the_clients_the_shards_or_the_host() -> None:
-    assert write_throughput(10_000, 50_000, clients=2, shards=1, host_cores=None) == pytest.approx(20_000)
+    # a writer spends 1/10,000 s of its own and waits 1/50,000 s for the shard: 1.2e-4 s a record
+    assert write_throughput(10_000, 50_000, clients=2, shards=1, host_cores=None) == pytest.approx(2 / 1.2e-4)
     assert write_throughput(10_000, 50_000, clients=8, shards=1, host_cores=None) == pytest.approx(50_000)
-    assert write_throughput(10_000, 50_000, clients=8, shards=3, host_cores=None) == pytest.approx(80_000)
-    assert write_throughput(10_000, 50_000, clients=2, shards=3, host_cores=1) == pytest.approx(10_000)
+    assert write_throughput(10_000, 50_000, clients=8, shards=3, host_cores=None) == pytest.approx(8 / 1.2e-4)
+    assert write_throughput(10_000, 50_000, clients=2, shards=3, host_cores=1) == pytest.approx(1 / 1.2e-4)
 
 
 def test_fair_share_and_workload_shape() -> None:
