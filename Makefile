@@ -67,11 +67,11 @@ demo: up ## Load the sample graph, run fx_extract through Airflow, show the veri
 	@$(FX) doctor
 	@source $(STACK_ENV) && $(PY) stack/demo.py
 
-# tests/scale starts clusters of its own (Redis Cluster, three Kafka brokers) next to the stack: about
-# 6.5 minutes on 2 cores, so `make test` leaves it to `make test-scale`.
-test: up ## Run the unit and integration tests against the running stack
-	@echo "test: running pytest (unit and integration)"
-	@$(VENV)/bin/pytest --ignore=tests/scale
+# tests/scale starts clusters of its own (Redis Cluster, three Kafka brokers) next to the stack (about
+# 6.5 minutes on 2 cores); `make test-scale` runs only those.
+test: up ## Run every test against the running stack: unit, integration, quick faults, scale-out
+	@echo "test: running pytest (unit, integration, quick faults, tests/scale)"
+	@$(VENV)/bin/pytest
 
 test-scale: up ## Run tests/scale: a Redis Cluster and three Kafka brokers of their own (a node killed mid-run), a worker outside the checkout
 	@echo "test-scale: running tests/scale (about 6.5 minutes on 2 cores)"
