@@ -495,12 +495,13 @@ def predictions(rates: Rates, transfers_per_account: float) -> list[dict[str, An
         load = Workload.like(transfers, transfers_per_account)
         for name, where in DEPLOYMENTS.items():
             guess = predict(rates, load, where)
+            server = max(("neo4j", "redis"), key=guess.stages.__getitem__)
             rows.append({"transfers": transfers, "accounts": load.accounts, "deployment": name, **asdict(where),
                          "seconds": guess.seconds, "stages": guess.stages, "bottleneck": guess.bottleneck,
                          "memory_bytes": guess.memory_bytes,
                          "per_shard_bytes": guess.per_shard_bytes(where.shards),
                          "shards_for_memory": shards_for_memory(guess, SHARD_BYTES),
-                         "workers_to_saturate": workers_to_saturate(rates, load, where)})
+                         "next_server": server, "workers_to_saturate": workers_to_saturate(rates, load, where)})
     return rows
 
 
@@ -556,13 +557,14 @@ def tables(results: dict[str, Any]) -> str:
     lines += [f"| {r['redis']} | {r['shards']} | {r['writers']} | {r['measured_records_per_s']:,.0f} | "
               f"{r['predicted_records_per_s']:,.0f} | {r['predicted_shared_records_per_s']:,.0f} "
               f"({r['fair_share_cores']:.2f} cores) |" for r in results["checks"]["shards"]]
-    lines += ["", "| transfers | deployment | wall | worker / Neo4j / Redis s | first bottleneck | workers until "
-              "a server saturates | Redis peak (3 runs) | shards at 25 GB |",
-              "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    lines += ["", "| transfers | deployment | wall | worker / Neo4j / Redis s | bottleneck | then, past N workers "
+              "| Redis peak (3 runs) | per shard | shards at 25 GB |",
+              "| ---: | --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
     for r in results["predictions"]:
         stages = " / ".join(f"{r['stages'][k]:,.0f}" for k in ("worker", "neo4j", "redis"))
         lines.append(f"| {r['transfers']:,} | {r['deployment']} | {duration(r['seconds'])} | {stages} | "
-                     f"{r['bottleneck']} | {r['workers_to_saturate']:,.0f} | {r['memory_bytes'] / 1e9:,.0f} GB | "
+                     f"{r['bottleneck']} | {r['next_server']}, {r['workers_to_saturate']:,.0f} | "
+                     f"{r['memory_bytes'] / 1e9:,.0f} GB | {r['per_shard_bytes'] / 1e9:,.1f} GB | "
                      f"{r['shards_for_memory']} |")
     return "\n".join(lines) + "\n"
 
