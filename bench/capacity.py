@@ -368,6 +368,7 @@ def end_offset(consumer: Consumer, topic: str, attempts: int = 50) -> int:
     """
     from confluent_kafka import KafkaException, TopicPartition
 
+    problem = "never asked"
     for _ in range(attempts):
         try:
             return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
@@ -622,7 +623,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transactions", default="100000", help="the generated graph's size")
     parser.add_argument("--workers", default="1,2,4", help="distributed worker counts, comma separated")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each distributed mode")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each distributed mode")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-amlsim", action="store_true", help="skip the per-unit measurements on AMLSim")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only redraw the picture from a results file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cProfile
+import json
 import math
 import threading
 from typing import TYPE_CHECKING, Any
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 
 from bench import report
-from bench.capacity import batch_overhead, tail
+from bench.capacity import batch_overhead, from_bench, tail
 from bench.dag import TRIGGER, log_parts, task_breakdown
 from bench.floor import load_records, resp_commands
-from bench.measure import PhaseClock
+from bench.measure import BenchError, PhaseClock
 from bench.model import (
     Deployment,
     Rates,
@@ -360,3 +361,23 @@ def test_batch_overhead_and_tail_come_from_a_distributed_run() -> None:
         "worker stats (sum)": 1.0}}
     assert batch_overhead(run) == pytest.approx((10 - 8) / 3)  # 2,500 accounts: 3 batches
     assert tail(run) == pytest.approx(4.0)
+
+
+def test_from_bench_takes_airflow_from_a_size_with_dag_and_the_plan_from_the_largest(tmp_path: Path) -> None:
+    def run(mode: str, seconds: float, plan: float = 0.0) -> dict[str, Any]:
+        return {"mode": mode, "seconds": seconds, "phases": {"plan + publish": plan}}
+
+    small = {"transactions": 100_000, "accounts": 12_000,
+             "runs": [run("dag", 22.0), run("dag", 24.0), run("distributed-2", 6.0, 0.2),
+                      run("distributed-2", 7.0, 0.4)]}
+    large = {"transactions": 1_000_000, "accounts": 120_000, "runs": [run("distributed-2", 99.0, 1.5)]}
+    (tmp_path / "bench-20260101T000000.json").write_text(json.dumps({"sizes": [small]}))
+    (tmp_path / "bench-20260102T000000.json").write_text(json.dumps({"sizes": [large]}))
+    found = from_bench(tmp_path)
+    assert found["airflow"]["seconds"] == pytest.approx(23.0 - 6.5)  # medians of each mode
+    assert (found["plan"]["transactions"], found["plan"]["accounts_per_s"]) == (1_000_000, pytest.approx(80_000))
+
+
+def test_from_bench_says_when_make_bench_never_ran(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="run make bench"):
+        from_bench(tmp_path)
