@@ -229,3 +229,18 @@ def test_up_down_and_clean_take_turns(layout: stackctl.Layout) -> None:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with (layout.run / "stackctl.lock").open("w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_the_kafka_cluster_id_is_a_clean_kafka_uuid_made_once(tmp_path: Path) -> None:
+    """Made in Python, not by StorageTool, whose stdout also carries Kafka's log lines (they once ended
+    up inside the id)."""
+    import base64
+    import re
+
+    first = stackctl.kafka_cluster_id(tmp_path)
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", first)
+    assert len(base64.urlsafe_b64decode(first + "==")) == 16
+    assert stackctl.kafka_cluster_id(tmp_path) == first
+    other = tmp_path / "other"
+    other.mkdir()
+    assert stackctl.kafka_cluster_id(other) != first
