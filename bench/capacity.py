@@ -55,8 +55,8 @@ from bench.model import (
 )
 from bench.run import AMLSIM, AMLSIM_FILE, DOCS, RESULTS, BenchGraph, clear_prefix, commit, machine
 from fx_workers.config import load_settings
+from fx_workers.engine.catalogue import SCHEMA_VERSION, compute_features
 from fx_workers.engine.extract import read_graph
-from fx_workers.engine.features import SCHEMA_VERSION, compute_features
 from fx_workers.engine.graph import Cypher, open_driver, read_accounts
 from fx_workers.protocol import PRODUCER_CONFIG, READER_CONFIG, ExtractionRequest
 from fx_workers.steps.compute import write_batch

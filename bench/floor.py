@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.measure import BenchError, Measurement
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.extract import extract_batch
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.graph import Cypher, as_array, open_driver, read_accounts
 from fx_workers.steps.plan import lpt_batches
 from fx_workers.store.client import open_redis

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, NamedTuple
 
 from bench.measure import Measurement, PhaseClock
-from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.catalogue import SCHEMA_VERSION
 from fx_workers.engine.graph import Cypher, open_driver
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys

@@ -24,8 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fx_workers.engine.catalogue import SCHEMA_VERSION
 from fx_workers.engine.extract import extract_batch
-from fx_workers.engine.features import SCHEMA_VERSION
 from fx_workers.engine.graph import open_driver
 from fx_workers.protocol import (
     HEADER_KIND,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fx_workers.engine.features import compute_features
+from fx_workers.engine.catalogue import compute_features
 from fx_workers.engine.graph import Cypher, read_batch
 
 if TYPE_CHECKING:

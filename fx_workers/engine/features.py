@@ -12,12 +12,12 @@ no per-account Python loop, so the single-process CLI, the workers and the tests
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from fx_workers.engine.batch import BatchFeatures, BatchInput, EdgeArrays
+from fx_workers.engine.spec import Calculator, FeatureGroup, FeatureSpec
 
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 ROUND_UNIT = 100.0
@@ -26,16 +26,6 @@ THRESHOLD_LOW, THRESHOLD = 9000.0, 10000.0
 """Just below the reporting threshold: ``THRESHOLD_LOW <= amount < THRESHOLD``."""
 NIGHT_END_HOUR = 6
 """Night is 00:00 to 06:00 UTC."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One catalogue entry: what the number means, exactly."""
-
-    name: str
-    family: str
-    unit: str
-    definition: str
 
 
 def _spec(family: str, unit: str, rows: list[tuple[str, str]]) -> list[FeatureSpec]:
@@ -181,16 +171,6 @@ NODE_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in NODE_FEATURES)
 EDGE_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in EDGE_FEATURES)
 
 
-def _schema_version() -> str:
-    """A short hash of every name and definition: it changes whenever a number's meaning does."""
-    text = "\n".join(f"{kind}:{f.name}:{f.definition}" for kind, specs in
-                     (("node", NODE_FEATURES), ("edge", EDGE_FEATURES)) for f in specs)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-SCHEMA_VERSION = _schema_version()
-
-
 # ---------------------------------------------------------------------------------------------
 # Grouped reductions: ``g`` holds each row's group (account index 0..n-1).
 
@@ -300,7 +280,7 @@ def _is_weekend(ts: np.ndarray) -> np.ndarray:
     return np.mod(ts // DAY + 3, 7) >= 5  # 1970-01-01 was a Thursday (weekday 3)
 
 
-def compute_features(batch: BatchInput) -> BatchFeatures:
+def _compute_all(batch: BatchInput) -> BatchFeatures:
     """Every node feature of the batch's accounts and every edge feature of their outgoing transfers.
 
     :param batch: the batch's transfers and neighbour counts, as read by :mod:`fx_workers.engine.graph`
@@ -440,3 +420,19 @@ def compute_features(batch: BatchInput) -> BatchFeatures:
     edge_values = np.column_stack([e[name] for name in EDGE_FEATURE_NAMES]) if len(out) else np.zeros(
         (0, len(EDGE_FEATURES)))
     return BatchFeatures(batch.ids, node_values, out.tx, edge_values)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """Interim: the whole base catalogue computed at once, until each feature has its own calculator."""
+
+    result: BatchFeatures
+
+    @property
+    def tx(self) -> np.ndarray:
+        return self.result.tx_ids
+
+
+BASE: FeatureGroup[_Whole] = FeatureGroup(lambda batch: _Whole(_compute_all(batch)))
+BASE.calculators += [Calculator("node", NODE_FEATURES, lambda w: tuple(w.result.node_values.T)),
+                     Calculator("edge", EDGE_FEATURES, lambda w: tuple(w.result.edge_values.T))]

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.stats import Accumulator, FeatureDrift, drift, summarise
 from fx_workers.protocol import BatchStatus, CompletionSignal, MessageError, PartStats
 from fx_workers.steps.plan import Plan

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from fx_workers.engine.catalogue import compute_features
 from fx_workers.engine.extract import read_graph
-from fx_workers.engine.features import compute_features
 from fx_workers.engine.graph import open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.catalogue import SCHEMA_VERSION
 from fx_workers.engine.graph import Cypher, read_accounts
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.topics import PipelineError

@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.extract import extract_batch
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.graph import open_driver
 from fx_workers.steps.aggregate import PARTS, stored_stats
 from fx_workers.steps.plan import Plan, stored_batches

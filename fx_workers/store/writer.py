@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

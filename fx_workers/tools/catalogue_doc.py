@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fx_workers.engine.features import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION, FeatureSpec
+from fx_workers.engine.catalogue import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
 from fx_workers.engine.features import __doc__ as NOTATION
+from fx_workers.engine.spec import FeatureSpec
 
 
 def _table(specs: tuple[FeatureSpec, ...]) -> list[str]:

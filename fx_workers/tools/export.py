@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.steps.plan import Plan, stored_batches
 from fx_workers.store.reader import CHUNK, FeatureReader

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fx_workers.engine.features import SCHEMA_VERSION
+from fx_workers.engine.catalogue import SCHEMA_VERSION
 from fx_workers.engine.graph import open_driver
 from fx_workers.protocol import (
     HEADER_KIND,

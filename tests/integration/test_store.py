@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fx_workers.engine.batch import BatchFeatures
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
 from fx_workers.store.runs import RunError, RunRegistry, RunStatus

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.stats import part_stats
 from fx_workers.protocol import BatchStatus, CompletionSignal
 from fx_workers.steps.aggregate import Tally, tally

@@ -30,7 +30,7 @@ from bench.model import (
 )
 from bench.naive import Leg, core_edge_features, core_node_features
 from bench.run import merge
-from fx_workers.engine.features import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.store.writer import encode_row
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
 from tests.reference import Reference, Transfer

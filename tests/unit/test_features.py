@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fx_workers.engine.features import (
+from fx_workers.engine.catalogue import (
     EDGE_FEATURE_NAMES,
     EDGE_FEATURES,
     NODE_FEATURE_NAMES,
