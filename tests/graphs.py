@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from fx_workers.engine.batch import BatchInput, EdgeArrays
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, EdgeArrays, Transfers
 from tests.reference import Transfer
 
 AS_OF = 1_700_000_000
@@ -15,8 +15,9 @@ AMOUNTS = st.one_of(
     st.integers(0, 2_000_000).map(lambda cents: cents / 100),
 )
 TIMESTAMPS = st.one_of(
-    st.sampled_from([AS_OF, AS_OF - 3600, AS_OF - 86400, AS_OF - 86401, AS_OF + 1, AS_OF - 604800]),
-    st.integers(AS_OF - 30 * 86400, AS_OF + 86400),
+    st.sampled_from([AS_OF, AS_OF - 3600, AS_OF - 86400, AS_OF - 86401, AS_OF + 1, AS_OF - 604800,
+                     AS_OF - 604799, AS_OF - PATTERN_WINDOW, AS_OF - PATTERN_WINDOW + 1]),
+    st.integers(AS_OF - 35 * 86400, AS_OF + 86400),
 )
 
 
@@ -45,6 +46,10 @@ def batch_input(transfers: list[Transfer], ids: list[str], as_of: int) -> BatchI
     out = [(i, t, t.payee) for i, v in enumerate(ids) for t in visible if t.payer == v]
     inc = [(i, t, t.payer) for i, v in enumerate(ids) for t in visible if t.payee == v]
     neighbours = sorted({o for _, _, o in out + inc})
+    since = as_of - PATTERN_WINDOW
+    recent = [t for t in visible if t.ts > since]
+    near = {t.payee for t in recent if t.payer in ids} | {t.payer for t in recent if t.payee in ids}
+    window = [t for t in recent if t.payer in near or t.payee in near]
     return BatchInput(
         ids=np.array(ids, dtype=np.str_),
         as_of=as_of,
@@ -53,4 +58,8 @@ def batch_input(transfers: list[Transfer], ids: list[str], as_of: int) -> BatchI
         neighbour_ids=np.array(neighbours, dtype=np.str_),
         neighbour_out_count=np.array([sum(t.payer == u for t in visible) for u in neighbours], dtype=np.int64),
         neighbour_in_count=np.array([sum(t.payee == u for t in visible) for u in neighbours], dtype=np.int64),
+        window=Transfers(payer=np.array([t.payer for t in window], dtype=np.str_),
+                         payee=np.array([t.payee for t in window], dtype=np.str_),
+                         amount=np.array([t.amount for t in window], dtype=np.float64),
+                         ts=np.array([t.ts for t in window], dtype=np.int64)),
     )

@@ -7,6 +7,7 @@ vectorised engine.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter
@@ -56,6 +57,42 @@ def _utc(ts: int) -> datetime:
 
 def _is_round(a: float) -> bool:
     return a > 0 and a % 100 == 0
+
+
+WEEK, MONTH = 7 * 86400, 30 * 86400
+
+
+def _simple_cycles(v: str, window: list[Transfer]) -> set[frozenset[tuple[str, str]]]:
+    """Every simple directed cycle of length 2 to 4 through v, as its set of edges (u != w)."""
+    succ: dict[str, set[str]] = {}
+    for t in window:
+        if t.payer != t.payee:
+            succ.setdefault(t.payer, set()).add(t.payee)
+    found = set()
+
+    def walk(path: list[str]) -> None:
+        for w in succ.get(path[-1], ()):
+            if w == v and len(path) >= 2:
+                found.add(frozenset(zip(path, [*path[1:], v], strict=True)))
+            elif w not in path and len(path) < 4:
+                walk([*path, w])
+
+    walk([v])
+    return found
+
+
+def _time_respecting(cycle: frozenset[tuple[str, str]], window: list[Transfer]) -> bool:
+    """Some rotation of the cycle has one transfer per edge with strictly increasing ts (every choice tried)."""
+    nxt = dict(cycle)
+    for start in nxt:
+        order, u = [], start
+        for _ in cycle:
+            order.append((u, nxt[u]))
+            u = nxt[u]
+        choices = [[t.ts for t in window if (t.payer, t.payee) == edge] for edge in order]
+        if any(all(a < b for a, b in itertools.pairwise(pick)) for pick in itertools.product(*choices)):
+            return True
+    return False
 
 
 class Reference:
@@ -157,6 +194,41 @@ class Reference:
             "payee_mean_in_count": _mean([len(self.in_of(u)) for u in R - {v}]),
             "payer_mean_out_count": _mean([len(self.out_of(u)) for u in S - {v}]),
             "neighbor_mean_out_share": _mean([len(self.out_of(u)) / total_count(u) for u in N]),
+        }
+        return {k: float(x) for k, x in f.items()} | self.patterns(v)
+
+    def window(self, seconds: int) -> list[Transfer]:
+        return [t for t in self.visible if t.ts > self.as_of - seconds]
+
+    def patterns(self, v: str) -> dict[str, float]:
+        """The pattern family by enumeration: every path, every choice of transfers."""
+        w7, w30 = self.window(WEEK), self.window(MONTH)
+
+        def fan_out(u: str, window: list[Transfer]) -> int:
+            return len({t.payee for t in window if t.payer == u})
+
+        def fan_in(u: str, window: list[Transfer]) -> int:
+            return len({t.payer for t in window if t.payee == u})
+
+        cycles = list(_simple_cycles(v, w30))
+        sg = 0
+        for d in {t.payee for t in w7} - {v}:
+            middles = {m for m in {t.payee for t in w7 if t.payer == v} - {v, d}
+                       if any(t2.payer == m and t2.payee == d and t2.ts > t1.ts
+                              for t1 in w7 if t1.payer == v and t1.payee == m for t2 in w7)}
+            sg += len(middles) >= 2
+        f = {
+            "fan_out_7d": fan_out(v, w7),
+            "fan_in_7d": fan_in(v, w7),
+            "fan_out_30d": fan_out(v, w30),
+            "fan_in_30d": fan_in(v, w30),
+            "max_payer_fan_out_30d": max((fan_out(t.payer, w30) for t in w30 if t.payee == v and t.payer != v),
+                                         default=0),
+            "max_payee_fan_in_30d": max((fan_in(t.payee, w30) for t in w30 if t.payer == v and t.payee != v),
+                                        default=0),
+            "cycles_30d": len(cycles),
+            "temporal_cycles_30d": sum(_time_respecting(cycle, w30) for cycle in cycles),
+            "scatter_gather_7d": sg,
         }
         return {k: float(x) for k, x in f.items()}
 

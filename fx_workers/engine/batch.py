@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PATTERN_WINDOW = 30 * 86400
+"""The longest window of the pattern features (30 days, in seconds): what the batch read fetches."""
+
 
 @dataclass(frozen=True)
 class EdgeArrays:
@@ -25,12 +28,28 @@ class EdgeArrays:
 
 
 @dataclass(frozen=True)
+class Transfers:
+    """Transfers as plain columns, one row each (no owner): the windowed neighbourhood of a batch."""
+
+    payer: np.ndarray  # str
+    payee: np.ndarray  # str
+    amount: np.ndarray  # float64
+    ts: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True)
 class BatchInput:
     """Everything the features of a batch of accounts need, read from the graph in bulk.
 
     ``out`` holds each account's outgoing transfers and ``inc`` its incoming ones, both with
     ``ts <= as_of``; a self-transfer appears in both. ``neighbour_*`` give, for every
-    counterparty of the batch, its own out and in transfer counts up to ``as_of``.
+    counterparty of the batch, its own out and in transfer counts up to ``as_of``. ``window`` holds,
+    once each, every transfer of the longest pattern window (``as_of - PATTERN_WINDOW < ts <= as_of``)
+    that touches an account which has a transfer of that window with a batch account: the 2-hop
+    ball the pattern features need.
     """
 
     ids: np.ndarray  # str, the batch accounts in request order
@@ -40,6 +59,7 @@ class BatchInput:
     neighbour_ids: np.ndarray  # str
     neighbour_out_count: np.ndarray  # int64
     neighbour_in_count: np.ndarray  # int64
+    window: Transfers
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,14 @@ def compute_features(batch: BatchInput) -> BatchFeatures:
     :param batch: the batch's transfers, neighbour counts and windowed neighbourhood, as read by
         :mod:`fx_workers.engine.graph`
     :return: matrices in :data:`NODE_FEATURES` and :data:`EDGE_FEATURES` column order; edge rows
-        follow the base group's transfer order (by payer, then tx id)
+        follow the base group's ``tx`` order
     """
     columns: dict[str, np.ndarray] = {}
-    tx = None
+    contexts = []
     for group in GROUPS:
         context, group_columns = group.compute(batch)
-        tx = context.tx if tx is None else tx
+        contexts.append(context)
         columns |= group_columns
+    tx = contexts[0].tx  # the base group orders the edge rows; the other groups' edge columns follow it
     return BatchFeatures(batch.ids, _matrix(columns, NODE_FEATURE_NAMES, len(batch.ids)),
                          tx, _matrix(columns, EDGE_FEATURE_NAMES, len(tx)))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.batch import BatchInput, EdgeArrays
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, EdgeArrays, Transfers
 
 if TYPE_CHECKING:
     from neo4j import Driver, ManagedTransaction, Record
@@ -84,6 +84,20 @@ class Cypher:
             "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
         )
 
+    @property
+    def window_neighbourhood(self) -> str:
+        """Every transfer with ``$since < ts <= $as_of`` of every account that has such a transfer with a
+        batch account (the batch's own included), each once: the 2-hop ball of the pattern features."""
+        return self.render(
+            "UNWIND $ids AS id "
+            "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE $since < t.{ts} <= $as_of "
+            "WITH DISTINCT u "
+            "MATCH (u)-[x:{T}]-(:{A}) WHERE $since < x.{ts} <= $as_of "
+            "WITH DISTINCT x "
+            "RETURN collect(startNode(x).{id}) AS payer, collect(endNode(x).{id}) AS payee, "
+            "collect(x.{amount}) AS amount, collect(x.{ts}) AS ts"
+        )
+
     def neighbour_counts(self, *, every_transfer_counts: bool) -> str:
         """Every counterparty of the batch with its own out and in transfer counts up to ``$as_of``.
 
@@ -134,18 +148,21 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
 
     :raises GraphDataError: when a transfer lacks a property of the model
     """
-    params = {"ids": ids, "as_of": as_of}
+    params = {"ids": ids, "as_of": as_of, "since": as_of - PATTERN_WINDOW}
     index = {node_id: i for i, node_id in enumerate(ids)}
 
-    def read(tx: ManagedTransaction) -> tuple[list[Record], list[Record], Record]:
+    def read(tx: ManagedTransaction) -> tuple[list[Record], list[Record], Record, Record]:
         out = list(tx.run(cypher.out_edges, params))
         inc = list(tx.run(cypher.in_edges, params))
         future = tx.run(cypher.transfers_after, params).single() is not None
         nb = tx.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
-        return out, inc, nb
+        window = tx.run(cypher.window_neighbourhood, params).single(strict=True)
+        return out, inc, nb, window
 
     with driver.session(database=database) as session:
-        out, inc, nb = session.execute_read(read)
+        out, inc, nb, window = session.execute_read(read)
+    if not len(window["payer"]) == len(window["payee"]) == len(window["amount"]) == len(window["ts"]):
+        raise GraphDataError("a transfer near the batch has no amount, or an account without an id")
     return BatchInput(
         ids=as_array(ids, str),
         as_of=as_of,
@@ -154,6 +171,8 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
         neighbour_ids=as_array(nb["ids"], str),
         neighbour_out_count=as_array(nb["out_count"], np.int64),
         neighbour_in_count=as_array(nb["in_count"], np.int64),
+        window=Transfers(payer=as_array(window["payer"], str), payee=as_array(window["payee"], str),
+                         amount=as_array(window["amount"], np.float64), ts=as_array(window["ts"], np.int64)),
     )
 
 

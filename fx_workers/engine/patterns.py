@@ -1,7 +1,299 @@
-"""The pattern family: the shapes laundering takes (fan-out, fan-in, cycles, scatter-gather) in time windows."""
+"""The pattern family: the shapes laundering takes (fan-out, fan-in, cycles, scatter-gather) in time windows.
+
+For a window W the window's transfers are those with ``as_of - W < ts <= as_of``; G_W is the directed
+graph of accounts with an edge u → w when some transfer of the window goes from u to w and u != w.
+Everything is computed from the batch's windowed 2-hop ball (:attr:`BatchInput.window`), exactly:
+
+- fans are distinct (payer, payee) pairs counted per account;
+- cycles through v are anchored at v, so each simple cycle is found once: v→a→v, v→a→b→v, and
+  v→a→b→c→v by a meet-in-the-middle join of the forward 2-paths v→a→b with the backward 2-paths
+  b→c→v on (v, b);
+- a cycle is time-respecting when, for some starting edge, picking on each next edge its earliest
+  transfer strictly after the previous one reaches the end (greedy earliest is optimal);
+- scatter-gather joins v→m (earliest ts) with m→d (latest ts) on m.
+
+Cost: with d_W the window degrees, the 2-paths of a batch are sum over v of sum over its window
+neighbours a of deg(a); 4-cycle candidates are the join's output, the cycles themselves. Joins run in
+chunks of at most :data:`CHUNK_ROWS` rows, so memory is bounded by the batch's window ball plus a
+constant, whatever the hubs: a hub with 5,000 counterparties costs 5,000 rows per account that touches it.
+"""
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput
 from fx_workers.engine.spec import FeatureGroup
 
-PATTERNS: FeatureGroup = FeatureGroup(lambda batch: batch)
+WEEK = 7 * 86400
+CHUNK_ROWS = 1 << 20
+"""Rows of a join held at once (2-paths, cycle candidates): the engine's memory bound per batch."""
+PATTERN = "patterns"
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For groups given by ``starts`` and ``counts``: each item's group index and its position."""
+    group = np.repeat(np.arange(len(counts)), counts)
+    offsets = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return group, np.repeat(starts, counts) + offsets
+
+
+def _chunks(sizes: np.ndarray) -> list[slice]:
+    """Consecutive slices of ``sizes`` whose sums stay within :data:`CHUNK_ROWS` plus one item (an item is
+    never split)."""
+    limit, ends = CHUNK_ROWS, np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = np.unique(np.searchsorted(ends, np.arange(limit, total, limit), side="right"))
+    bounds = [0, *cuts.tolist(), len(sizes)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a] or [slice(0, 0)]
+
+
+@dataclass(frozen=True)
+class WindowGraph:
+    """G_W as distinct edges (sorted by source, then target) with each edge's transfers' ts, sorted.
+
+    Edge ``e`` goes ``src[e] → dst[e]``; its transfers' ts are ``ts[first[e]:first[e] + count[e]]``.
+    """
+
+    ncodes: int
+    src: np.ndarray
+    dst: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    ts: np.ndarray  # every transfer's ts, grouped by edge, ascending within an edge
+    since: int
+
+    @classmethod
+    def of(cls, payer: np.ndarray, payee: np.ndarray, ts: np.ndarray, since: int, ncodes: int) -> WindowGraph:
+        keep = (ts > since) & (payer != payee)
+        payer, payee, ts = payer[keep], payee[keep], ts[keep]
+        key = payer * ncodes + payee
+        order = np.lexsort((ts, key))
+        key, ts = key[order], ts[order]
+        edges, first, count = np.unique(key, return_index=True, return_counts=True)
+        return cls(ncodes, edges // ncodes, edges % ncodes, first, count, ts, since)
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        return self.src * self.ncodes + self.dst
+
+    @cached_property
+    def out_start(self) -> np.ndarray:
+        """Account code → index of its first out-edge (edges are sorted by source)."""
+        return np.searchsorted(self.src, np.arange(self.ncodes + 1))
+
+    @cached_property
+    def in_order(self) -> np.ndarray:
+        """Edge indices sorted by target, then source."""
+        return np.lexsort((self.src, self.dst))
+
+    @cached_property
+    def in_start(self) -> np.ndarray:
+        return np.searchsorted(self.dst[self.in_order], np.arange(self.ncodes + 1))
+
+    def out_edges(self, accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``accounts``, edge index) for every out-edge of each account."""
+        start = self.out_start[accounts]
+        return _expand(start, self.out_start[accounts + 1] - start)
+
+    def in_edges(self, accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``accounts``, edge index) for every in-edge of each account."""
+        start = self.in_start[accounts]
+        row, position = _expand(start, self.in_start[accounts + 1] - start)
+        return row, self.in_order[position]
+
+    def out_degree(self, accounts: np.ndarray) -> np.ndarray:
+        return self.out_start[accounts + 1] - self.out_start[accounts]
+
+    def in_degree(self, accounts: np.ndarray) -> np.ndarray:
+        return self.in_start[accounts + 1] - self.in_start[accounts]
+
+    def find(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """The edge index of each ``src → dst``, or -1 where there is none."""
+        want = src * self.ncodes + dst
+        if not len(self.keys):
+            return np.full(len(want), -1)
+        at = np.minimum(np.searchsorted(self.keys, want), len(self.keys) - 1)
+        return np.where(self.keys[at] == want, at, -1)
+
+    @cached_property
+    def _stamps(self) -> np.ndarray:
+        """Each transfer as ``edge << 32 | (ts - since)``: ascending, so one search finds a next ts."""
+        edge = np.repeat(np.arange(len(self.count)), self.count)
+        return (edge << 32) | (self.ts - self.since)
+
+    def first_ts(self, edges: np.ndarray) -> np.ndarray:
+        return self.ts[self.first[edges]]
+
+    def last_ts(self, edges: np.ndarray) -> np.ndarray:
+        return self.ts[self.first[edges] + self.count[edges] - 1]
+
+    def next_ts(self, edges: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The earliest ts of each edge strictly after ``after`` (int64 max where there is none)."""
+        stamps = self._stamps
+        done = after == np.iinfo(np.int64).max
+        probe = (edges << 32) | np.clip(after - self.since, 0, (1 << 32) - 1)
+        at = np.searchsorted(stamps, np.where(done, 0, probe), side="right")
+        found = ~done & (at < len(stamps))
+        at = np.minimum(at, len(stamps) - 1)
+        found &= (stamps[at] >> 32) == edges
+        return np.where(found, self.ts[at], np.iinfo(np.int64).max)
+
+    def time_respecting(self, cycle: list[np.ndarray]) -> np.ndarray:
+        """For cycles given as their edges in order (one array per position): can transfers be picked
+        one per edge, in cycle order from some starting edge, with strictly increasing ts?"""
+        k = len(cycle)
+        ok = np.zeros(len(cycle[0]), dtype=bool)
+        for start in range(k):
+            t = self.first_ts(cycle[start])
+            for step in range(1, k):
+                t = self.next_ts(cycle[(start + step) % k], t)
+            ok |= t != np.iinfo(np.int64).max
+        return ok
+
+
+class PatternContext:
+    """The batch's windowed 2-hop ball coded as integers, and G_30d and G_7d over it."""
+
+    def __init__(self, batch: BatchInput) -> None:
+        window = batch.window
+        self.n, self.as_of = len(batch.ids), batch.as_of
+        codes, inverse = np.unique(np.concatenate([batch.ids, window.payer, window.payee]), return_inverse=True)
+        self.ncodes = max(len(codes), 1)
+        self.accounts, payer, payee = np.split(inverse.astype(np.int64), np.cumsum([self.n, len(window)]))
+        self.payer, self.payee, self.ts = payer, payee, window.ts.astype(np.int64)
+        self.g30 = WindowGraph.of(payer, payee, self.ts, batch.as_of - PATTERN_WINDOW, self.ncodes)
+        self.g7 = WindowGraph.of(payer, payee, self.ts, batch.as_of - WEEK, self.ncodes)
+
+    def fan(self, window: int, payers: bool) -> np.ndarray:
+        """Per account code, its distinct payees (or payers) in the window, itself included."""
+        recent = self.ts > self.as_of - window
+        key = np.unique(self.payer[recent] * self.ncodes + self.payee[recent])
+        side = key % self.ncodes if payers else key // self.ncodes
+        return np.bincount(side, minlength=self.ncodes).astype(np.float64)
+
+    def max_over(self, edges: tuple[np.ndarray, np.ndarray], value: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Per batch account, the max of ``value`` over the far ends of its G_30d edges (0 if none)."""
+        row, edge = edges
+        out = np.zeros(self.n)
+        np.maximum.at(out, row, value[ends[edge]])
+        return out
+
+    @cached_property
+    def cycles(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per batch account: simple cycles of length 2 to 4 through it in G_30d, and the time-respecting ones."""
+        g, v = self.g30, self.accounts
+        found: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        row, e1 = g.out_edges(v)  # length 2: v → a → v
+        back = g.find(g.dst[e1], v[row])
+        closed = back >= 0
+        found.append((row[closed], [e1[closed], back[closed]]))
+        in_row, e4 = g.in_edges(v)
+        paths = (np.bincount(row, weights=g.out_degree(g.dst[e1]), minlength=self.n)
+                 + np.bincount(in_row, weights=g.in_degree(g.src[e4]), minlength=self.n))
+        for part in _chunks(paths.astype(np.int64)):  # lengths 3 and 4, in chunks of bounded 2-paths
+            found += self._cycles_3_4(np.arange(self.n)[part])
+        total, temporal = np.zeros(self.n), np.zeros(self.n)
+        for rows, cycle in found:
+            total += np.bincount(rows, minlength=self.n)
+            if len(rows):
+                temporal += np.bincount(rows[g.time_respecting(cycle)], minlength=self.n)
+        return total, temporal
+
+    def _two_paths(self, rows: np.ndarray, forward: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forward v→a→b (or backward b→c→v) for batch rows: (row, first edge from v's side, second edge)."""
+        g, v = self.g30, self.accounts[rows]
+        if forward:
+            r, e1 = g.out_edges(v)
+            r2, e2 = g.out_edges(g.dst[e1])
+            return rows[r[r2]], e1[r2], e2
+        r, e1 = g.in_edges(v)
+        r2, e2 = g.in_edges(g.src[e1])
+        return rows[r[r2]], e1[r2], e2
+
+    def _cycles_3_4(self, rows: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """The 3- and 4-cycles through the batch ``rows``: (row, the cycle's edges in order from v)."""
+        g, codes = self.g30, self.accounts
+        f_row, e1, e2 = self._two_paths(rows, forward=True)  # v → a → b
+        b = g.dst[e2]
+        keep = b != codes[f_row]
+        f_row, e1, e2, b = f_row[keep], e1[keep], e2[keep], b[keep]
+        # length 3: v → a → b → v
+        e3 = g.find(b, codes[f_row])
+        closed = e3 >= 0
+        found = [(f_row[closed], [e1[closed], e2[closed], e3[closed]])]
+        # length 4: v → a → b → c → v, joining v → a → b with b → c → v on (v, b)
+        k_row, e4, e3 = self._two_paths(rows, forward=False)  # e4 = c → v, e3 = b → c
+        kb = g.src[e3]
+        keep = kb != codes[k_row]
+        k_row, e4, e3, kb = k_row[keep], e4[keep], e3[keep], kb[keep]
+        k_key = k_row * self.ncodes + kb
+        order = np.argsort(k_key, kind="stable")
+        k_key, e4, e3 = k_key[order], e4[order], e3[order]
+        f_key = f_row * self.ncodes + b
+        lo, hi = np.searchsorted(k_key, f_key, side="left"), np.searchsorted(k_key, f_key, side="right")
+        for part in _chunks(hi - lo):
+            f, k = _expand(lo[part], (hi - lo)[part])
+            f += part.start
+            simple = g.dst[e1[f]] != g.src[e4[k]]  # a != c
+            f, k = f[simple], k[simple]
+            found.append((f_row[f], [e1[f], e2[f], e3[k], e4[k]]))
+        return found
+
+    @cached_property
+    def scatter_gather(self) -> np.ndarray:
+        """Per batch account v: accounts d != v reached through at least 2 distinct m, v → m before m → d."""
+        g, v = self.g7, self.accounts
+        row, e1 = g.out_edges(v)
+        keys = []
+        for part in _chunks(g.out_degree(g.dst[e1])):
+            r, e = row[part], e1[part]
+            r2, e2 = g.out_edges(g.dst[e])
+            d, r = g.dst[e2], r[r2]
+            later = (g.last_ts(e2) > g.first_ts(e[r2])) & (d != v[r])
+            keys.append(r[later] * self.ncodes + d[later])  # one key per (v, m, d): edges are distinct
+        key, intermediates = np.unique(np.concatenate(keys), return_counts=True)
+        return np.bincount(key[intermediates >= 2] // self.ncodes, minlength=self.n).astype(np.float64)
+
+
+PATTERNS: FeatureGroup[PatternContext] = FeatureGroup(PatternContext)
+
+
+@PATTERNS.node(PATTERN, "accounts",
+               ("fan_out_7d", "number of distinct payees of OUT(v) with ts > as_of - 604800"),
+               ("fan_in_7d", "number of distinct payers of IN(v) with ts > as_of - 604800"),
+               ("fan_out_30d", "number of distinct payees of OUT(v) with ts > as_of - 2592000"),
+               ("fan_in_30d", "number of distinct payers of IN(v) with ts > as_of - 2592000"))
+def fans(c: PatternContext) -> tuple[np.ndarray, ...]:
+    return tuple(c.fan(window, payers)[c.accounts] for window in (WEEK, PATTERN_WINDOW) for payers in (False, True))
+
+
+@PATTERNS.node(PATTERN, "accounts",
+               ("max_payer_fan_out_30d",
+                "max, over payers u != v of IN(v) in the 30d window, of fan_out_30d(u); 0 if none"),
+               ("max_payee_fan_in_30d",
+                "max, over payees w != v of OUT(v) in the 30d window, of fan_in_30d(w); 0 if none"))
+def counterparty_fans(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
+    g = c.g30
+    return (c.max_over(g.in_edges(c.accounts), c.fan(PATTERN_WINDOW, payers=False), g.src),
+            c.max_over(g.out_edges(c.accounts), c.fan(PATTERN_WINDOW, payers=True), g.dst))
+
+
+@PATTERNS.node(PATTERN, "cycles",
+               ("cycles_30d", "number of distinct simple directed cycles of length 2, 3 or 4 in G_30d through v"),
+               ("temporal_cycles_30d", "how many of those cycles are time-respecting: from some starting edge, "
+                                       "one transfer per edge in cycle order with strictly increasing ts"))
+def cycles(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
+    return c.cycles
+
+
+@PATTERNS.node(PATTERN, "accounts",
+               ("scatter_gather_7d", "number of accounts d != v reached from v through at least 2 distinct "
+                                     "intermediates m (not v, not d), a transfer v → m followed by a strictly "
+                                     "later m → d, all in the 7d window"))
+def scatter_gather(c: PatternContext) -> np.ndarray:
+    return c.scatter_gather
