@@ -1,33 +1,62 @@
-"""The ``fx`` command line: thin wrappers that parse, call package code, and print."""
+"""The ``fx`` command line: thin wrappers that parse, call package code, and print.
+
+Imports are lazy, as in Feast's and Airflow's CLIs: at import time this module loads only typer,
+so ``fx --help`` never pays for pydantic, rich, numpy or a client library; each command imports
+what it uses (``tests/unit/test_cli_imports.py`` pins the set).
+"""
 
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from fx_workers.config import ConfigError, settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from rich.console import Console
+
+    from fx_workers.config import Settings
     from fx_workers.store.reader import FeatureReader
 
-app = typer.Typer(help="fx: graph features for fraud and AML models.", no_args_is_help=True)
-features_app = typer.Typer(help="Read stored features from Redis.", no_args_is_help=True)
+PLAIN_HELP = {"rich_markup_mode": None}
+"""Help and usage errors as click prints them: typer's rich rendering imports rich, markdown-it and
+pygments (0.5 s) before it prints a line."""
+app = typer.Typer(help="fx: graph features for fraud and AML models.", no_args_is_help=True, **PLAIN_HELP)
+features_app = typer.Typer(help="Read stored features from Redis.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(features_app, name="features")
-runs_app = typer.Typer(help="List runs, and roll the published one back or forward.", no_args_is_help=True)
+runs_app = typer.Typer(help="List runs, and roll the published one back or forward.", no_args_is_help=True,
+                       **PLAIN_HELP)
 app.add_typer(runs_app, name="runs")
 RunOption = Annotated[str | None, typer.Option("--run", help="Run id (fx runs list); defaults to the published run.")]
-console = Console(stderr=True)
-stdout = Console(width=None if sys.stdout.isatty() else 200)
-"""Tables for stdout; piped output is not cut at rich's default 80 columns."""
+
+
+@cache
+def console() -> Console:
+    """Messages and progress bars, on stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@cache
+def stdout() -> Console:
+    """Tables for stdout; piped output is not cut at rich's default 80 columns."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def settings() -> Settings:
+    """The configuration (config.yaml and ``FX__`` variables), loaded on first use."""
+    from fx_workers.config import settings as load
+
+    return load()
 
 
 class CsvFormat(StrEnum):
@@ -38,14 +67,16 @@ class CsvFormat(StrEnum):
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console(), transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console().print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
 
 
@@ -60,7 +91,7 @@ def generate(
     from fx_workers.tools.generate import write_csv
 
     summary = write_csv(out, transactions=transactions, seed=seed, accounts=accounts)
-    console.print(summary)
+    console().print(summary)
 
 
 @app.command()
@@ -78,7 +109,7 @@ def load(
                            progress=progress_bar)
     except BadRowsError as exc:
         raise fail(str(exc)) from None
-    console.print(summary)
+    console().print(summary)
 
 
 @app.command()
@@ -94,7 +125,7 @@ def doctor() -> None:
     for check in checks:
         status = "[green]ok[/green]" if check.ok else "[red]FAIL[/red]"
         table.add_row(check.name, status, check.detail, *([("" if check.ok else check.fix)] if failed else []))
-    stdout.print(table)
+    stdout().print(table)
     if failed:
         raise typer.Exit(1)
 
@@ -116,9 +147,9 @@ def extract(
                    "use --local for a single-process run")
     summary = run_local(settings(), as_of=int(time.time()) if as_of is None else as_of,
                         batch_size=batch_size, progress=progress_bar)
-    console.print(str(summary))
+    console().print(str(summary))
     if not summary.verification.ok:
-        console.print(str(summary.verification))
+        console().print(str(summary.verification))
         raise typer.Exit(1)
 
 
@@ -140,7 +171,7 @@ def verify(
                             progress=progress_bar)
     except RunError as exc:
         raise fail(str(exc)) from None
-    stdout.print(str(report), highlight=False)
+    stdout().print(str(report), highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -199,7 +230,7 @@ def features_get(
                        key=lambda n: (n.startswith("_"), n))
         for name in names:
             table.add_row(name, *(str(records[i].get(name, "")) if records[i] else "-" for i in ids))
-        stdout.print(table)
+        stdout().print(table)
     if any(record is None for record in records.values()):
         raise fail(f"no features stored for: {', '.join(i for i, r in records.items() if r is None)}")
 
@@ -218,7 +249,7 @@ def features_export(
         summary = export_run(_reader(run), out, edges=edges, progress=progress_bar)
     except (RunError, ExportError) as exc:
         raise fail(str(exc)) from None
-    console.print(str(summary))
+    console().print(str(summary))
 
 
 @features_app.command("docs")
@@ -255,7 +286,7 @@ def runs_list() -> None:
             datetime.fromtimestamp(float(created), UTC).isoformat(timespec="seconds") if created else "",
             run.get("dag_run_id"),
         )
-    stdout.print(table)
+    stdout().print(table)
 
 
 @runs_app.command("publish")
@@ -272,13 +303,17 @@ def runs_publish(run: Annotated[str, typer.Argument(help="A retained verified ru
         registry.publish(run)
     except RunError as exc:
         raise fail(str(exc)) from None
-    console.print(f"{registry.keys.latest}: {before} -> {run}")
+    console().print(f"{registry.keys.latest}: {before} -> {run}")
 
 
 def main() -> None:
     """Entry point that turns configuration errors into one line."""
     try:
         app()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+    except Exception as exc:
+        from fx_workers.config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        console().print(f"[red]configuration error:[/red] {exc}")
         sys.exit(2)
