@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -35,7 +34,7 @@ import psutil
 from fx_workers.config import REPO_ROOT, ConfigError, Settings, config_path, load_settings
 from fx_workers.tools.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
 from fx_workers.tools.load import ensure_schema
-from fx_workers.tools.stack import REDIS_READER, reader_password_file, redis_acl
+from fx_workers.tools.stack import REDIS_READER, generate_secret, reader_password_file, redis_acl
 from fx_workers.tools.stack import env as pipeline_env
 from fx_workers.tools.stack import service_specs as pipeline_services
 
@@ -49,6 +48,8 @@ if TYPE_CHECKING:
     from fx_workers.tools.doctor import Check
 
 VENV_BIN = os.path.dirname(sys.executable)
+PASSWORD_BYTES = 24
+"""A generated password's random bytes: 32 characters of :func:`generate_secret`."""
 STOP_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.5
 INSTALL_HINTS = {
@@ -375,9 +376,8 @@ def neo4j_service(settings: Settings, layout: Layout) -> Service:
             "internal.server.bolt.thread_pool_shutdown_wait_time=1s\n"
         )
         if not (data / "databases" / "system").exists():  # first start: the password must be set before it
-            admin = ("java", "-cp", classpath, "org.neo4j.server.startup.Neo4jAdminCommand")
-            run_tool("neo4j", "neo4j-admin dbms set-initial-password",
-                     (*admin, "dbms", "set-initial-password", initial_password(config)), layout, env)
+            set_initial_password(config, ("java", "-cp", classpath, "org.neo4j.server.startup.Neo4jAdminCommand"),
+                                 layout, env)
         elif config.password is None and not config.password_file.exists():
             raise StackError(f"neo4j: {show(data)} has a database but {show(config.password_file)} is gone; "
                              "run `make clean-stack` to start over")
@@ -409,16 +409,38 @@ def create_schema(settings: Settings) -> None:
         ensure_schema(driver, settings)
 
 
-def initial_password(config: Neo4jConfig) -> str:
-    """``FX__NEO4J__PASSWORD``, else the password file, else a new random password written to it (mode 600)."""
-    if config.password is not None or config.password_file.exists():
-        return config.secret()
-    return generate_password(config.password_file, f"neo4j: the password of user {config.user}")
+def set_initial_password(config: Neo4jConfig, admin: tuple[str, ...], layout: Layout, env: dict[str, str]) -> None:
+    """Before Neo4j's first start: ``neo4j-admin dbms set-initial-password`` with ``FX__NEO4J__PASSWORD``,
+    else the password file, else a new password, which is written to the file only once the tool has
+    set it. neo4j-admin 5 takes the password on its command line alone (no file, variable or stdin), so
+    it goes after ``--``, where a password beginning with ``-`` is not read as an option. A failed set
+    leaves no file behind; the next ``make up`` sets the password again (neo4j-admin redoes it until the
+    first start), so no ``make clean-stack`` is needed.
+
+    :raises StackError: when the tool fails, saying where its reason is and what to do
+    """
+    known = config.password is not None or config.password_file.exists()
+    password = config.secret() if known else generate_secret(PASSWORD_BYTES)
+    try:
+        run_tool("neo4j", "neo4j-admin dbms set-initial-password",
+                 (*admin, "dbms", "set-initial-password", "--", password), layout, env)
+    except StackError as exc:
+        source = ("FX__NEO4J__PASSWORD" if config.password is not None
+                  else show(config.password_file) if known else None)
+        given = f"; the password is {source}'s (Neo4j wants 8 characters or more)" if source else ""
+        raise StackError(f"{exc}{given}. Fix what the log says and run `make up` again: until Neo4j's first "
+                         "start it sets the initial password anew, no `make clean-stack` needed") from None
+    if not known:
+        write_password(config.password_file, password, f"neo4j: the password of user {config.user}")
 
 
 def generate_password(path: Path, what: str) -> str:
-    """A new random password written to ``path`` (mode 600, created so before anything is written)."""
-    password = secrets.token_urlsafe(24)
+    """A new random password (:func:`generate_secret`) written to ``path``."""
+    return write_password(path, generate_secret(PASSWORD_BYTES), what)
+
+
+def write_password(path: Path, password: str, what: str) -> str:
+    """Write ``password`` to ``path`` (mode 600, created so before anything is written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.chmod(0o600)

@@ -76,6 +76,16 @@ def reader_password_file(settings: Settings) -> Path:
     return settings.stack.dir / "redis" / "reader-password"
 
 
+def generate_secret(nbytes: int) -> str:
+    """``secrets.token_urlsafe(nbytes)`` (letters, digits, ``_`` and ``-``), drawn again while it begins
+    with ``-``: one draw in 64 does, and a tool that takes it as an argument reads it as an option
+    (``neo4j-admin dbms set-initial-password`` exited 64, "Missing required parameter")."""
+    secret = secrets.token_urlsafe(nbytes)
+    while secret.startswith("-"):
+        secret = secrets.token_urlsafe(nbytes)
+    return secret
+
+
 def _secret_file(path: Path, content: str, min_length: int = 0) -> str:
     """Read ``path``, creating it (mode 0600) with ``content`` the first time, or when what it holds is
     shorter than ``min_length`` (a secret generated before the minimum was raised)."""
@@ -148,8 +158,8 @@ def _redis_endpoint(config: RedisConfig) -> dict[str, Any]:
 def env(settings: Settings) -> dict[str, str]:
     """Airflow's configuration for the local stack, as environment variables."""
     home = airflow_home(settings)
-    jwt = _secret_file(home / "jwt_secret", secrets.token_urlsafe(JWT_SECRET_BYTES), min_length=JWT_SECRET_BYTES)
-    _secret_file(passwords_file(settings), json.dumps({ADMIN: secrets.token_urlsafe(12)}) + "\n")
+    jwt = _secret_file(home / "jwt_secret", generate_secret(JWT_SECRET_BYTES), min_length=JWT_SECRET_BYTES)
+    _secret_file(passwords_file(settings), json.dumps({ADMIN: generate_secret(12)}) + "\n")
     variables = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),

@@ -244,3 +244,57 @@ def test_the_kafka_cluster_id_is_a_clean_kafka_uuid_made_once(tmp_path: Path) ->
     other = tmp_path / "other"
     other.mkdir()
     assert stackctl.kafka_cluster_id(other) != first
+
+
+def test_generated_secrets_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``secrets.token_urlsafe`` begins with ``-`` one time in 64; such a draw is thrown away."""
+    import secrets
+
+    from fx_workers.tools import stack
+
+    draws = iter(["-looks-like-an-option", "--also", "fine-after-two"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(draws))
+    assert stack.generate_secret(24) == "fine-after-two"
+    monkeypatch.undo()
+    assert not any(stack.generate_secret(1).startswith("-") for _ in range(2000))  # 1 byte: a dash 1 time in 4
+
+
+def neo4j_admin_stand_in(tmp_path: Path, code: int) -> tuple[str, ...]:
+    """A program that records its argv (one per line) and exits ``code``, as neo4j-admin would."""
+    script = tmp_path / "neo4j-admin"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\necho "Missing required parameter" >&2\n'
+                      f"exit {code}\n")
+    script.chmod(0o755)
+    return (str(script),)
+
+
+def test_the_initial_neo4j_password_goes_after_double_dash_and_is_kept_once_set(
+    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+) -> None:
+    stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})
+    password = settings.neo4j.password_file.read_text().strip()
+    assert (tmp_path / "argv").read_text().splitlines() == ["dbms", "set-initial-password", "--", password]
+    assert settings.neo4j.password_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failed_initial_neo4j_password_says_what_to_do_and_keeps_no_file(
+    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+) -> None:
+    """The file once stayed behind, so every `make up` failed the same way until `make clean-stack`."""
+    with pytest.raises(stackctl.StackError, match=r"set-initial-password failed \(exit 64\); see .*neo4j\.log\. "
+                                                  r"Fix what the log says and run `make up` again"):
+        stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 64), layout, {})
+    assert not settings.neo4j.password_file.exists()
+    stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})  # the retry
+    assert settings.neo4j.password_file.exists()
+
+
+def test_a_given_neo4j_password_is_set_as_it_is_and_named_when_refused(
+    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+) -> None:
+    settings.neo4j.password_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.neo4j.password_file.write_text("-Az09_-given\n")  # e.g. from an fx before the generator's fix
+    with pytest.raises(stackctl.StackError, match=r"the password is .*password's \(Neo4j wants 8 characters"):
+        stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 70), layout, {})
+    assert (tmp_path / "argv").read_text().splitlines()[-2:] == ["--", "-Az09_-given"]
+    assert settings.neo4j.password_file.read_text() == "-Az09_-given\n"
