@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -201,34 +201,29 @@ class Reference:
         return [t for t in self.visible if t.ts > self.as_of - seconds]
 
     def patterns(self, v: str) -> dict[str, float]:
-        """The pattern family by enumeration: every path, every choice of transfers."""
+        """The pattern family by enumeration: every path, every pair of transfers, every choice of transfers."""
         w7, w30 = self.window(WEEK), self.window(MONTH)
-
-        def fan_out(u: str, window: list[Transfer]) -> int:
-            return len({t.payee for t in window if t.payer == u})
-
-        def fan_in(u: str, window: list[Transfer]) -> int:
-            return len({t.payer for t in window if t.payee == u})
-
-        cycles = list(_simple_cycles(v, w30))
-        sg = 0
-        for d in {t.payee for t in w7} - {v}:
-            middles = {m for m in {t.payee for t in w7 if t.payer == v} - {v, d}
-                       if any(t2.payer == m and t2.payee == d and t2.ts > t1.ts
-                              for t1 in w7 if t1.payer == v and t1.payee == m for t2 in w7)}
-            sg += len(middles) >= 2
+        payees30, payers30 = defaultdict(set), defaultdict(set)
+        for t in w30:
+            payees30[t.payer].add(t.payee)
+            payers30[t.payee].add(t.payer)
+        middles = defaultdict(set)  # d -> every m with a transfer v -> m and a later m -> d
+        for t1 in w7:
+            for t2 in w7:
+                if t1.payer == v and t1.payee == t2.payer and t2.ts > t1.ts and t2.payee not in (v, t1.payee) \
+                        and t1.payee != v:
+                    middles[t2.payee].add(t1.payee)
+        cycles = _simple_cycles(v, w30)
         f = {
-            "fan_out_7d": fan_out(v, w7),
-            "fan_in_7d": fan_in(v, w7),
-            "fan_out_30d": fan_out(v, w30),
-            "fan_in_30d": fan_in(v, w30),
-            "max_payer_fan_out_30d": max((fan_out(t.payer, w30) for t in w30 if t.payee == v and t.payer != v),
-                                         default=0),
-            "max_payee_fan_in_30d": max((fan_in(t.payee, w30) for t in w30 if t.payer == v and t.payee != v),
-                                        default=0),
+            "fan_out_7d": len({t.payee for t in w7 if t.payer == v}),
+            "fan_in_7d": len({t.payer for t in w7 if t.payee == v}),
+            "fan_out_30d": len(payees30[v]),
+            "fan_in_30d": len(payers30[v]),
+            "max_payer_fan_out_30d": max((len(payees30[u]) for u in payers30[v] - {v}), default=0),
+            "max_payee_fan_in_30d": max((len(payers30[w]) for w in payees30[v] - {v}), default=0),
             "cycles_30d": len(cycles),
             "temporal_cycles_30d": sum(_time_respecting(cycle, w30) for cycle in cycles),
-            "scatter_gather_7d": sg,
+            "scatter_gather_7d": sum(len(ms) >= 2 for ms in middles.values()),
         }
         return {k: float(x) for k, x in f.items()}
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from neo4j import Driver
 
     from fx_workers.config import Settings
+    from fx_workers.engine.batch import Transfers
 
 MODEL = GraphModel(account_label="TGraphAccount", transfer_type="TGRAPH_TRANSFER")
 
@@ -43,3 +44,49 @@ def test_a_routing_uri_extracts_what_a_direct_one_does(piece: Slice, redis_clien
     with open_driver(routed.settings.neo4j) as driver:
         assert isinstance(driver, Neo4jDriver), type(driver)  # the routing driver, not a direct one
     assert routed.local_snapshot(redis_client) == piece.local_snapshot(redis_client)
+
+
+def _rows(window: Transfers) -> list[tuple]:
+    return sorted(zip(window.payer.tolist(), window.payee.tolist(), window.ts.tolist(), window.amount.tolist(),
+                      strict=True))
+
+
+def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings: Settings) -> None:
+    """``read_batch``'s windowed neighbourhood is the one ``tests.graphs.batch_input`` builds from the
+    definition (each transfer once, the window's edges exact), and the pattern features computed from it
+    equal the naive reference's, with hostile ids, a hub, window edges and transfers after ``as_of``."""
+    from fx_workers.engine.batch import PATTERN_WINDOW
+    from fx_workers.engine.catalogue import NODE_FEATURE_NAMES, compute_features
+    from fx_workers.engine.graph import read_batch
+    from fx_workers.engine.patterns import PATTERNS
+    from tests.graphs import AS_OF, batch_input
+    from tests.reference import Reference, Transfer
+
+    hostile = ["it's", "a:b", "{x}", "n') DETACH DELETE n //", "ü"]
+    rows = [(hostile[i], hostile[(i + 1) % 5], AS_OF - 100 + i) for i in range(5)]  # a 5-cycle: no count
+    rows += [(hostile[0], hostile[2], AS_OF - 50), (hostile[2], hostile[0], AS_OF - 40)]
+    rows += [("hub", f"leaf{i % 300}", AS_OF - i) for i in range(900)] + [("leaf1", "hub", AS_OF - 5)]
+    rows += [("e", "hub", AS_OF - PATTERN_WINDOW), ("f", "hub", AS_OF - PATTERN_WINDOW + 1), ("e", "e", AS_OF),
+             ("hub", "e", AS_OF + 1), ("hub", "f", AS_OF - 3)]
+    transfers = [Transfer(f"t{i}", p, q, float(i), ts) for i, (p, q, ts) in enumerate(rows)]
+    database = settings.neo4j.database
+    neo4j_driver.execute_query(
+        "UNWIND $rows AS r MERGE (p:TGraphAccount {id: r.payer}) MERGE (q:TGraphAccount {id: r.payee}) "
+        "CREATE (p)-[:TGRAPH_TRANSFER {tx_id: r.tx, amount: r.amount, ts: r.ts}]->(q)",
+        rows=[{"tx": t.tx_id, "payer": t.payer, "payee": t.payee, "amount": t.amount, "ts": t.ts} for t in transfers],
+        database_=database)
+    try:
+        ids = [*hostile, "hub", "leaf1", "e", "f", "nobody"]
+        reference = Reference(transfers, AS_OF)
+        expected = {v: reference.patterns(v) for v in ids}
+        names = [s.name for s in PATTERNS.specs("node")]
+        for batch in (ids, ids[:3], ids[5:]):
+            read = read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database).window
+            built = batch_input(transfers, batch, AS_OF).window
+            assert _rows(read) == _rows(built)
+            result = compute_features(read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database))
+            for v, row in zip(batch, result.node_values, strict=True):
+                found = dict(zip(NODE_FEATURE_NAMES, row.tolist(), strict=True))
+                assert {n: found[n] for n in names} == expected[v], v
+    finally:
+        neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)
