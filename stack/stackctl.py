@@ -32,7 +32,17 @@ from typing import TYPE_CHECKING
 import psutil
 
 from fx_workers.config import REPO_ROOT, ConfigError, Settings, config_path, load_settings
-from fx_workers.tools.doctor import kafka_admin, kafka_checks, neo4j_checks, partitions, redis_checks, topic_partitions
+from fx_workers.tools.doctor import (
+    LOW_REPLICATION_FIX,
+    Replication,
+    kafka_admin,
+    kafka_checks,
+    neo4j_checks,
+    partitions,
+    redis_checks,
+    topic_partitions,
+    topic_replicas,
+)
 from fx_workers.tools.load import ensure_schema
 from fx_workers.tools.stack import REDIS_READER, generate_secret, reader_password_file, redis_acl
 from fx_workers.tools.stack import env as pipeline_env
@@ -223,7 +233,7 @@ def topic_replication(settings: Settings) -> tuple[int, dict[str, str]]:
     """The fx topics' replication factor and topic configs: a copy on every broker and, with three,
     ``min.insync.replicas`` 2, so a write acknowledged by ``acks=all`` is on two brokers and one broker
     may fail without losing it or refusing writes."""
-    brokers = settings.stack.kafka_brokers
+    brokers = topic_replicas(settings)
     return brokers, {"min.insync.replicas": str(brokers - 1)} if brokers > 1 else {}
 
 
@@ -319,7 +329,8 @@ def kafka_cluster_id(root: Path) -> str:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create missing fx topics (see :func:`topic_replication`) and grow any with fewer partitions than configured."""
+    """Create missing fx topics (see :func:`topic_replication`), grow any with fewer partitions than
+    configured, and warn of any with fewer replicas (Kafka keeps a topic's replication factor)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewPartitions, NewTopic
 
@@ -329,6 +340,10 @@ def ensure_topics(settings: Settings) -> None:
     if len(metadata.brokers) < replicas:  # else the first brokers up would lead every partition
         raise NotReadyError(f"{len(metadata.brokers)} of {replicas} brokers registered")
     existing, wanted = metadata.topics, topic_partitions(settings.kafka)
+    for name in sorted(wanted.keys() & existing.keys()):
+        if (found := Replication.of(existing[name]).factor) < replicas:  # created before stack.kafka_brokers grew
+            print(f"kafka: warning: topic {name} has replication factor {found}, the stack wants {replicas}: "
+                  f"{LOW_REPLICATION_FIX}")
     create = [NewTopic(name, n, replicas, config=configs) for name, n in wanted.items() if name not in existing]
     grow = [NewPartitions(name, n) for name, n in wanted.items()
             if name in existing and len(existing[name].partitions) < n]

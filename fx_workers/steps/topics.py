@@ -5,11 +5,12 @@ Clients are passed in (the DAG builds them from its connections); no Airflow imp
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from fx_workers.protocol import HEADER_RUN, header_value
-from fx_workers.tools.doctor import topic_partitions
+from fx_workers.tools.doctor import LOW_REPLICATION_FIX, Replication, topic_partitions, topic_replicas
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from fx_workers.config import Settings
 
+log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 """``consume()`` waits this long when fewer than a full batch of messages is left: short, so the
 tail of a run is not read one second at a time."""
@@ -31,6 +33,9 @@ class PipelineError(RuntimeError):
 def missing_topics(admin: AdminClient, settings: Settings) -> list[tuple[str, int, int]]:
     """The topics to create, as ``(name, partitions, replication factor)`` (-1: the broker's default).
 
+    Logs a warning for a topic that exists with a lower replication factor than :func:`topic_replicas`
+    (a broker's loss would lose or block it); creating topics again never raises it.
+
     :raises PipelineError: when a topic exists with fewer partitions than configured (workers would idle)
     """
     existing = admin.list_topics(timeout=10).topics
@@ -38,9 +43,20 @@ def missing_topics(admin: AdminClient, settings: Settings) -> list[tuple[str, in
     for name, wanted in topic_partitions(settings.kafka).items():
         if name not in existing:
             missing.append((name, wanted, -1))
-        elif (found := len(existing[name].partitions)) < wanted:
+            continue
+        if (found := len(existing[name].partitions)) < wanted:
             raise PipelineError(f"topic {name} must have at least {wanted} partitions (config). Got {found}")
+        warn_on_low_replication(name, Replication.of(existing[name]), topic_replicas(settings))
     return missing
+
+
+def warn_on_low_replication(name: str, replication: Replication, wanted: int) -> bool:
+    """Log a warning when topic ``name`` has fewer copies than ``wanted``; True when it did."""
+    if not 0 < replication.factor < wanted:  # 0: metadata without replicas (a stand-in), nothing to say
+        return False
+    log.warning("topic %s has replication factor %d, config wants %d (stack.kafka_brokers): %s", name,
+                replication.factor, wanted, LOW_REPLICATION_FIX)
+    return True
 
 
 def fail_on_delivery_error(err: Any, message: Any) -> None:

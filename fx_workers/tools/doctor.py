@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import redis
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient, TopicMetadata
     from neo4j import Session
     from redis.cluster import RedisCluster
 
@@ -55,6 +55,32 @@ def topic_partitions(kafka: KafkaConfig) -> dict[str, int]:
     }
 
 
+def topic_replicas(settings: Settings) -> int:
+    """The copies each fx topic should have: one per broker of ``stack.kafka_brokers`` (the stack's
+    brokers' ``default.replication.factor``, so a topic created with the broker's default has them too)."""
+    return settings.stack.kafka_brokers
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A topic's copies as its metadata says: the fewest replicas of any partition, and the
+    partitions with fewer in-sync replicas than replicas (a broker down or behind)."""
+
+    factor: int
+    under_replicated: int
+
+    @classmethod
+    def of(cls, topic: TopicMetadata) -> Replication:
+        described = [p for p in topic.partitions.values() if p is not None]  # None: a test's stand-in
+        return cls(min((len(p.replicas) for p in described), default=0),
+                   sum(len(p.isrs) < len(p.replicas) for p in described))
+
+
+LOW_REPLICATION_FIX = ("Kafka keeps a topic's replication factor as it was created: raise it with "
+                       "kafka-reassign-partitions.sh, or delete the topic (`make clean-stack` on the local stack), "
+                       "then `make up`")
+
+
 def kafka_admin(kafka: KafkaConfig) -> AdminClient:
     """An admin client that gives up quickly and keeps librdkafka's retries off stderr."""
     from confluent_kafka.admin import AdminClient
@@ -69,7 +95,8 @@ def kafka_admin(kafka: KafkaConfig) -> AdminClient:
 
 
 def kafka_checks(settings: Settings) -> Iterator[Check]:
-    """The broker answers a metadata request; each configured topic has its partition count."""
+    """The broker answers a metadata request; the brokers registered; each configured topic has its
+    partition count, its replicas and every replica in sync; the workers have a partition each."""
     from confluent_kafka import KafkaException
 
     kafka = settings.kafka
@@ -79,8 +106,18 @@ def kafka_checks(settings: Settings) -> Iterator[Check]:
         yield Check("kafka", False, f"no broker at {kafka.bootstrap_servers}: {exc.args[0].str()}", UP)
         return
     yield Check("kafka", True, f"{kafka.bootstrap_servers}, cluster id {metadata.cluster_id}")
-    for name, wanted in topic_partitions(kafka).items():
-        topic = metadata.topics.get(name)
+    yield _brokers_check(len(metadata.brokers), topic_replicas(settings))
+    yield from _topic_checks(settings, metadata.topics)
+    yield _replication_check({name: Replication.of(topic) for name in topic_partitions(kafka)
+                              if (topic := metadata.topics.get(name)) is not None and topic.error is None},
+                             topic_replicas(settings))
+    yield _workers_check(settings, metadata.topics.get(kafka.topics.requests))
+
+
+def _topic_checks(settings: Settings, topics: dict[str, TopicMetadata]) -> Iterator[Check]:
+    """Each configured topic: its partition count, then its replication factor and replicas in sync."""
+    for name, wanted in topic_partitions(settings.kafka).items():
+        topic = topics.get(name)
         label = f"topic {name}"
         if topic is None or topic.error is not None:
             yield Check(label, False, "missing", f"{UP} (it creates the configured topics)")
@@ -97,6 +134,45 @@ def kafka_checks(settings: Settings) -> Iterator[Check]:
             )
         else:
             yield Check(label, True, partitions(wanted))
+
+
+def _brokers_check(found: int, wanted: int) -> Check:
+    """As many brokers registered as the topics have copies (``stack.kafka_brokers``)."""
+    detail = f"{found} broker{'s' if found != 1 else ''} registered, config says {wanted}"
+    if found >= wanted:
+        return Check("kafka brokers", True, detail)
+    return Check("kafka brokers", False, detail, "a broker is down: `make up` starts it again; its log says why "
+                 "it stopped (`.stack/logs/kafka-N.log`)")
+
+
+def _replication_check(topics: dict[str, Replication], wanted: int) -> Check:
+    """The fx topics' replication factor against ``wanted``, and their under-replicated partitions."""
+    low = {name: r.factor for name, r in topics.items() if r.factor < wanted}
+    if low:
+        return Check("kafka replicas", False, ", ".join(f"{name}: replication factor {factor}"
+                                                         for name, factor in low.items())
+                     + f"; config says {wanted} (stack.kafka_brokers)", LOW_REPLICATION_FIX)
+    behind = {name: r.under_replicated for name, r in topics.items() if r.under_replicated}
+    if behind:
+        return Check("kafka replicas", False, ", ".join(f"{name}: {count} under-replicated"
+                                                         for name, count in behind.items())
+                     + " (fewer replicas in sync than assigned)",
+                     "a broker is down or behind: `make up` starts it again; its log says why it stopped")
+    factors = sorted({r.factor for r in topics.values()})
+    return Check("kafka replicas", True, f"replication factor {'/'.join(map(str, factors)) or '-'} on "
+                 f"{len(topics)} fx topics, every partition fully in sync")
+
+
+def _workers_check(settings: Settings, requests: TopicMetadata | None) -> Check:
+    """No more workers (``workers.count``) than the request topic's partitions: Kafka gives each
+    partition to one member of the group, so the others would sit idle."""
+    found = len(requests.partitions) if requests is not None and requests.error is None else 0
+    workers = settings.workers.count
+    detail = f"{workers} worker{'s' if workers != 1 else ''}, {partitions(found)} of {settings.kafka.topics.requests}"
+    if found and workers > found:
+        return Check("workers", False, f"{detail}: {workers - found} would sit idle",
+                     "raise kafka.partitions.requests (then `make up` adds them) or lower workers.count")
+    return Check("workers", True, detail)
 
 
 def partitions(count: int) -> str:

@@ -298,3 +298,26 @@ def test_a_given_neo4j_password_is_set_as_it_is_and_named_when_refused(
         stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 70), layout, {})
     assert (tmp_path / "argv").read_text().splitlines()[-2:] == ["--", "-Az09_-given"]
     assert settings.neo4j.password_file.read_text() == "-Az09_-given\n"
+
+
+def test_ensure_topics_warns_of_an_existing_topic_with_fewer_replicas(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kafka keeps a topic's replication factor: topics made with one broker stay single copies with three."""
+    from types import SimpleNamespace
+
+    settings = load_settings(environ={"FX__STACK__KAFKA_BROKERS": "3"})
+
+    def described(partitions: int, replicas: int) -> SimpleNamespace:
+        return SimpleNamespace(partitions={p: SimpleNamespace(replicas=list(range(replicas)), isrs=[])
+                                           for p in range(partitions)})
+
+    names = settings.kafka.topics
+    metadata = SimpleNamespace(brokers=dict.fromkeys(range(3)), topics={
+        names.requests: described(4, 1), names.results: described(4, 3), names.dead_letter: described(1, 3)})
+    monkeypatch.setattr(stackctl, "kafka_admin", lambda kafka: SimpleNamespace(list_topics=lambda timeout: metadata))
+    stackctl.ensure_topics(settings)
+    assert capsys.readouterr().out.splitlines() == [
+        f"kafka: warning: topic {names.requests} has replication factor 1, the stack wants 3: Kafka keeps a topic's "
+        "replication factor as it was created: raise it with kafka-reassign-partitions.sh, or delete the topic "
+        "(`make clean-stack` on the local stack), then `make up`"]
