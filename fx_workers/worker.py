@@ -282,7 +282,16 @@ class Worker:
         })
 
     def _log_assignment(self, consumer: Consumer, partitions: list) -> None:
-        log.info("worker %s assigned partitions %s", self.worker_id, sorted(p.partition for p in partitions))
+        """Log the partitions the group gave this worker, with a warning when it got none: a partition
+        goes to one member, so the workers beyond the request topic's partition count sit idle."""
+        if partitions:
+            log.info("worker %s assigned partitions %s", self.worker_id, sorted(p.partition for p in partitions))
+            return
+        kafka = self.settings.kafka
+        log.warning("worker %s was assigned no partition of %s: the group %s has more workers than its %d "
+                    "partitions (kafka.partitions.requests), so this one sits idle; raise the partitions "
+                    "(`make up` adds them) or run fewer workers (workers.count)", self.worker_id,
+                    kafka.topics.requests, kafka.consumer_group, kafka.partitions.requests)
 
     def _handle(self, message: Message, driver: Driver, redis: Redis, producer: Producer) -> None:
         """Process one request; returns once its outcome (signal or dead letter) is acknowledged.

@@ -98,3 +98,17 @@ def test_a_fenced_static_member_is_fatal() -> None:
     assert is_fatal(KafkaError(KafkaError.FENCED_INSTANCE_ID, "Commit failed"))
     assert is_fatal(KafkaError(KafkaError.UNKNOWN, "x", fatal=True))
     assert not is_fatal(KafkaError(KafkaError._TRANSPORT, "broker down"))
+
+
+def test_a_worker_without_a_partition_warns_that_it_sits_idle(caplog: pytest.LogCaptureFixture) -> None:
+    from confluent_kafka import TopicPartition
+
+    worker = Worker(load_settings(), "w")
+    with caplog.at_level("INFO", logger="fx_workers.worker"):
+        worker._log_assignment(None, [TopicPartition("feature-extraction", 1)])  # type: ignore[arg-type]
+        worker._log_assignment(None, [])  # type: ignore[arg-type]
+    first, second = caplog.records
+    assert (first.levelname, first.getMessage()) == ("INFO", "worker w assigned partitions [1]")
+    assert second.levelname == "WARNING"
+    assert "worker w was assigned no partition of feature-extraction" in second.getMessage()
+    assert "more workers than its 4 partitions (kafka.partitions.requests)" in second.getMessage()
