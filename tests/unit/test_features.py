@@ -7,17 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fx_workers.engine.catalogue import (
     EDGE_FEATURE_NAMES,
     EDGE_FEATURES,
+    GROUPS,
     NODE_FEATURE_NAMES,
     NODE_FEATURES,
     SCHEMA_VERSION,
     compute_features,
 )
+from fx_workers.engine.features import BASE
 from tests.graphs import ACCOUNTS, AS_OF, batch_input, transfer_graphs
 from tests.reference import Reference, Transfer
 
@@ -105,10 +107,41 @@ def test_equal_amounts_have_zero_std_and_zscore() -> None:
 
 
 def test_catalogue_shape() -> None:
-    assert len(NODE_FEATURES) == 62 and len(set(NODE_FEATURE_NAMES)) == 62
-    assert len(EDGE_FEATURES) >= 8 and len(set(EDGE_FEATURE_NAMES)) == len(EDGE_FEATURES)
-    assert all(f.family and f.unit and f.definition for f in NODE_FEATURES + EDGE_FEATURES)
+    """The brief's count is the base catalogue's: the pattern family comes on top of the 62."""
+    assert len(BASE.specs("node")) == 62 and len(BASE.specs("edge")) >= 8
+    assert GROUPS[0] is BASE and NODE_FEATURES[:62] == BASE.specs("node")
+    assert EDGE_FEATURES[: len(BASE.specs("edge"))] == BASE.specs("edge")
     assert len(SCHEMA_VERSION) == 12
+
+
+def test_every_feature_is_declared_once() -> None:
+    """Every feature of every group carries its metadata, and no name is used twice in the whole catalogue."""
+    specs = NODE_FEATURES + EDGE_FEATURES
+    assert all(f.name and f.family.strip() and f.unit.strip() and f.definition.strip() for f in specs)
+    assert len(set(NODE_FEATURE_NAMES + EDGE_FEATURE_NAMES)) == len(specs)
+    assert all(calculator.specs for group in GROUPS for calculator in group.calculators)
+
+
+@settings(max_examples=25, deadline=None)
+@given(transfer_graphs(), st.integers(0, len(ACCOUNTS)))
+@example([], 0)  # the empty batch
+@example([], 1)  # one account without transfers
+def test_every_calculator_gives_one_float_column_per_feature(transfers: list[Transfer], size: int) -> None:
+    """Each calculator, called alone on its group's context, returns a float64 column per spec: one row per
+    batch account (node) or per outgoing transfer (edge); ``size`` 0 is the empty batch."""
+    batch = batch_input(transfers, ACCOUNTS[:size], AS_OF)
+    rows = {"node": len(batch.ids), "edge": len(batch.out)}
+    assert len(BASE.context(batch).tx) == rows["edge"]  # the base group orders the edge rows
+    for group in GROUPS:
+        context = group.context(batch)
+        for calculator in group.calculators:
+            values = calculator.compute(context)
+            values = values if isinstance(values, tuple) else (values,)
+            assert len(values) == len(calculator.specs), calculator.compute.__name__
+            for spec, column in zip(calculator.specs, values, strict=True):
+                assert isinstance(column, np.ndarray) and column.dtype == np.float64, spec.name
+                assert column.shape == (rows[calculator.kind],), spec.name
+                assert np.isfinite(column).all(), spec.name
 
 
 def _brief_table(after: str) -> dict[str, str]:
@@ -136,7 +169,7 @@ def test_core_features_use_the_brief_names_and_definitions() -> None:
 
 def test_empty_batch_account_gives_zeros() -> None:
     result = compute_features(batch_input([], ["lonely"], AS_OF))
-    assert result.node_values.shape == (1, 62)
+    assert result.node_values.shape == (1, len(NODE_FEATURES))
     assert not result.node_values.any() and result.edge_values.shape == (0, len(EDGE_FEATURES))
     assert np.isfinite(result.node_values).all()
 
