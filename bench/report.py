@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pstats
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,8 +275,23 @@ def render_targets(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s`'\"),;]+")
+
+
+def relative_paths(text: str, root: Path = REPO_ROOT) -> str:
+    """``text`` with every absolute path inside ``root``'s parent folder made relative to ``root``
+    (``/work/shared/data/x`` from ``/work/main`` is ``../shared/data/x``): the commands a bench ran
+    with name paths of the machine it ran on, which mean nothing to a reader of the docs."""
+
+    def relative(match: re.Match[str]) -> str:
+        path = match.group(0)
+        return os.path.relpath(path, root) if Path(path).is_relative_to(root.parent) else path
+
+    return ABSOLUTE_PATH.sub(relative, text)
+
+
 def render(results: dict[str, Any], plot_name: str = "benchmarks.png") -> str:
-    """The generated part of ``docs/benchmarks.md``."""
+    """The generated part of ``docs/benchmarks.md``, with paths relative to the repository (:func:`relative_paths`)."""
     machine = results["machine"]
     lines = [
         "# Benchmarks",
@@ -306,7 +323,7 @@ def render(results: dict[str, Any], plot_name: str = "benchmarks.png") -> str:
         lines += ["", render_size(size)]
     if results.get("profile"):
         lines += ["", render_profile(results["profile"])]
-    return "\n".join(lines) + "\n"
+    return relative_paths("\n".join(lines) + "\n")
 
 
 def write_doc(path: Path, generated: str) -> None:
