@@ -3,7 +3,10 @@
 The records are the real ones (computed by the package before the clock starts, kept in an
 ``.npz``), so the floor writes the same bytes as ``fx extract --local``, with no computation in
 the timed part. Two writers: ``redis-cli --pipe`` with pre-encoded RESP (the server's floor) and
-redis-py pipelines (a Python client's floor).
+redis-py (a Python client's floor). Two layouts: ``packed``, fx's (one STRING of float64 per record,
+``MSET`` in chunks as the ``BatchWriter`` sends them), and ``hash``, the layout before it (one HASH per
+record, one field per feature, ``repr`` text), kept to show the difference side by side: a writer name
+ending in ``-hash`` (``redis-cli-hash``, ``redis-py-hash``) writes it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.extract import extract_batch
 from fx_workers.engine.graph import Cypher, as_array, open_driver, read_accounts
 from fx_workers.steps.plan import lpt_batches
-from fx_workers.store.client import open_redis
+from fx_workers.store.client import is_cluster, open_redis
 from fx_workers.store.keys import RedisKeys
-from fx_workers.store.writer import CHUNK, encode_row
+from fx_workers.store.records import pack_rows, packed_matrix
+from fx_workers.store.writer import CHUNK
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,7 +43,14 @@ TRANSFER_COLUMNS = (
 PREPARE_BATCH = 10_000
 """Accounts per batch when computing the records the floor writes (untimed)."""
 
-Record = tuple[str, dict[str, str]]
+LAYOUTS = ("packed", "hash")
+Record = tuple[str, bytes | dict[str, str]]
+"""A key and its value: packed bytes, or the hash layout's ``{field: text}``."""
+
+
+def encode_row(row: list[float]) -> list[str]:
+    """A record's values as the hash layout stored them: ``repr``, the shortest text that round-trips."""
+    return list(map(repr, row))
 
 
 def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
@@ -57,19 +68,22 @@ def prepare_records(settings: Settings, as_of: int, path: Path) -> None:
     )
 
 
-def load_records(path: Path, prefix: str, run_id: str) -> tuple[list[Record], int, int]:
-    """The saved records as ``(key, {field: value})`` in the run-scoped layout, the same bytes the
-    ``BatchWriter`` stores, with the counts of accounts and transfers."""
+def load_records(path: Path, prefix: str, run_id: str, layout: str = "packed") -> tuple[list[Record], int, int]:
+    """The saved records as ``(key, value)`` in the run-scoped layout, the same bytes the ``BatchWriter``
+    stores (or, with ``layout="hash"``, the hash layout's fields), with the counts of accounts and transfers."""
     namespace = RedisKeys(prefix).of_run(run_id)
     saved = np.load(path)
-    records = [
-        (key_of(entity_id), dict(zip(names, encode_row(row), strict=True)))
-        for key_of, names, ids, values in (
-            (namespace.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
-            (namespace.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]),
-        )
-        for entity_id, row in zip(ids.tolist(), values.tolist(), strict=True)
-    ]
+    parts = ((namespace.node, NODE_FEATURE_NAMES, saved["node_ids"], saved["node_values"]),
+             (namespace.edge, EDGE_FEATURE_NAMES, saved["tx_ids"], saved["edge_values"]))
+    if layout == "hash":
+        records: list[Record] = [
+            (key_of(entity_id), dict(zip(names, encode_row(row), strict=True)))
+            for key_of, names, ids, values in parts
+            for entity_id, row in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
+    else:
+        records = [(key_of(entity_id), blob) for key_of, _, ids, values in parts
+                   for entity_id, blob in zip(ids.tolist(), pack_rows(packed_matrix(values)), strict=True)]
     return records, len(saved["node_ids"]), len(saved["tx_ids"])
 
 
@@ -87,18 +101,22 @@ def read_columns(settings: Settings, as_of: int) -> dict[str, np.ndarray]:
     }
 
 
-def _bulk(data: str) -> bytes:
-    raw = data.encode()
+def _bulk(data: str | bytes) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
     return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
 
 def resp_commands(records: list[Record]) -> Iterator[bytes]:
-    """One RESP ``HSET key field value ...`` per record, as ``redis-cli --pipe`` reads them."""
-    for key, mapping in records:
+    """One RESP command per record, as ``redis-cli --pipe`` reads them: ``SET key value`` for a packed
+    record, ``HSET key field value ...`` for the hash layout's."""
+    for key, value in records:
+        if isinstance(value, bytes):
+            yield b"*3\r\n$3\r\nSET\r\n%b%b" % (_bulk(key), _bulk(value))
+            continue
         yield b"*%d\r\n$4\r\nHSET\r\n%b%b" % (
-            2 + 2 * len(mapping),
+            2 + 2 * len(value),
             _bulk(key),
-            b"".join(_bulk(name) + _bulk(value) for name, value in mapping.items()),
+            b"".join(_bulk(name) + _bulk(text) for name, text in value.items()),
         )
 
 
@@ -125,21 +143,33 @@ def write_redis_cli(settings: Settings, records: list[Record]) -> float:
 
 
 def write_redis_py(settings: Settings, records: list[Record]) -> float:
-    """Write the records with redis-py pipelines of :data:`~fx_workers.store.writer.CHUNK` hashes, as the
-    ``BatchWriter`` sends them; the seconds taken."""
+    """Write the records with redis-py as the ``BatchWriter`` sends them, :data:`~fx_workers.store.writer.CHUNK`
+    at a time: packed records in one ``MSET`` per chunk (a pipeline of ``SET``s on a cluster), hashes in a
+    pipeline of ``HSET``s; the seconds taken."""
     client = open_redis(settings.redis)
+    cluster = is_cluster(client)
     started = time.perf_counter()
     for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        if isinstance(chunk[0][1], bytes) and not cluster:
+            client.execute_command("MSET", *(part for record in chunk for part in record))
+            continue
         pipe = client.pipeline(transaction=False)
-        for key, mapping in records[start : start + CHUNK]:
-            pipe.hset(key, mapping=mapping)
+        for key, value in chunk:
+            if isinstance(value, bytes):
+                pipe.execute_command("SET", key, value)
+            else:
+                pipe.hset(key, mapping=value)
         pipe.execute()
     return time.perf_counter() - started
 
 
 def run_floor(settings: Settings, *, as_of: int, run_id: str, records_path: Path, writer: str) -> Measurement:
-    """Read every transfer once, then write every record once with ``writer`` (``redis-cli`` or ``redis-py``)."""
-    records, accounts, transfers = load_records(records_path, settings.redis.prefix, run_id)
+    """Read every transfer once, then write every record once with ``writer`` (``redis-cli`` or ``redis-py``,
+    packed; with ``-hash`` appended, in the hash layout)."""
+    layout = "hash" if writer.endswith("-hash") else "packed"
+    writer = writer.removesuffix("-hash")
+    records, accounts, transfers = load_records(records_path, settings.redis.prefix, run_id, layout)
     started = time.perf_counter()
     columns = read_columns(settings, as_of)
     read_seconds = time.perf_counter() - started

@@ -163,3 +163,29 @@ def drift(current: PartStats, previous: PartStats, names: Sequence[str],
         out.append(FeatureDrift(a.name, round(measures["nan_rate"], 6), round(shift, 4), round(measures["psi"], 4),
                                 _verdict(measures, thresholds)))
     return out
+
+
+def select(stats: PartStats, columns: Sequence[int]) -> PartStats:
+    """The statistics of some features only, in the order of ``columns``."""
+    return PartStats(rows=stats.rows, nan=[stats.nan[i] for i in columns], min=[stats.min[i] for i in columns],
+                     max=[stats.max[i] for i in columns], sum=[stats.sum[i] for i in columns],
+                     sumsq=[stats.sumsq[i] for i in columns], hist=[stats.hist[i] for i in columns])
+
+
+def drift_by_name(current: PartStats, names: Sequence[str], previous: PartStats, previous_names: Sequence[str],
+                  thresholds: DriftConfig) -> list[FeatureDrift]:
+    """:func:`drift` of each feature of ``current`` that ``previous`` has too, matched by name wherever each run
+    put it: a feature new in ``current`` (or one the previous run had and this one dropped) has no row, and
+    every other feature keeps its drift.
+
+    :raises ValueError: when a run's names are not one per feature of its statistics
+    """
+    for stats, labels, run in ((current, names, "this run"), (previous, previous_names, "the previous run")):
+        if len(labels) != len(stats.nan):
+            raise ValueError(f"{run} names {len(labels)} features; its statistics have {len(stats.nan)}")
+    before = {name: i for i, name in enumerate(previous_names)}
+    shared = [(i, before[name]) for i, name in enumerate(names) if name in before]
+    if not shared:
+        return []
+    now = [i for i, _ in shared]
+    return drift(select(current, now), select(previous, [j for _, j in shared]), [names[i] for i in now], thresholds)

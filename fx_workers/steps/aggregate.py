@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.engine.stats import Accumulator, FeatureDrift, drift, summarise
+from fx_workers.engine.stats import Accumulator, FeatureDrift, drift_by_name, summarise
 from fx_workers.protocol import BatchStatus, CompletionSignal, MessageError, PartStats
 from fx_workers.steps.plan import Plan
 from fx_workers.steps.topics import end_offsets, read_run
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.records import EDGE_NAMES, NODE_NAMES
 from fx_workers.store.runs import RunRegistry
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTS = {"nodes": NODE_FEATURE_NAMES, "edges": EDGE_FEATURE_NAMES}
+"""This code's features per part of the statistics; a run's own are :func:`run_names`."""
+_NAME_FIELDS = {"nodes": NODE_NAMES, "edges": EDGE_NAMES}
 
 
 @dataclass
@@ -109,15 +112,32 @@ def stored_stats(manifest: dict[str, str]) -> dict[str, PartStats] | None:
     return {part: PartStats.model_validate(data) for part, data in json.loads(manifest["stats"]).items()}
 
 
+def run_names(manifest: dict[str, str]) -> dict[str, list[str]] | None:
+    """The features of a run's statistics per part, from its manifest; None when it names none."""
+    if not all(manifest.get(field) for field in _NAME_FIELDS.values()):
+        return None
+    return {part: json.loads(manifest[field]) for part, field in _NAME_FIELDS.items()}
+
+
 def drift_rows(settings: Settings, registry: RunRegistry, run_id: str,
                stats: dict[str, PartStats]) -> tuple[str, list[FeatureDrift]]:
-    """The published run compared against, and every feature's drift from it (none without one)."""
+    """The published run compared against, and the drift from it of every feature it had too, by name (none
+    without a previous run; a feature new in this run has no row, the others keep theirs)."""
     previous_id = registry.latest()
-    previous = stored_stats(registry.manifest(previous_id)) if previous_id and previous_id != run_id else None
-    if previous_id is None or previous is None or any(len(previous[p].nan) != len(stats[p].nan) for p in PARTS):
+    if previous_id is None or previous_id == run_id:
         return "", []
-    return previous_id, [row for part, names in PARTS.items()
-                         for row in drift(stats[part], previous[part], names, settings.drift)]
+    manifest = registry.manifest(previous_id)
+    previous = stored_stats(manifest)
+    if previous is None:
+        return "", []
+    names = run_names(manifest) or PARTS  # a run of an fx before the names were stored: this code's, if they fit
+    try:
+        return previous_id, [row for part, current in PARTS.items()
+                             for row in drift_by_name(stats[part], current, previous[part], names[part],
+                                                      settings.drift)]
+    except ValueError as exc:
+        log.warning("no drift against run %s: %s", previous_id, exc)
+        return "", []
 
 
 def drift_fields(against: str, rows: list[FeatureDrift]) -> dict[str, Any]:

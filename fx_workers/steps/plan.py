@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fx_workers.engine.catalogue import SCHEMA_VERSION
+from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
 from fx_workers.engine.graph import Cypher, read_accounts
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.topics import PipelineError
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.records import schema_fields
 from fx_workers.store.runs import RunRegistry, new_run_id
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of:
     pipe.execute()
     manifest = {"mode": mode, "as_of": as_of, "schema": SCHEMA_VERSION, "plan": plan.fingerprint,
                 "batches": plan.batches, "accounts": plan.accounts, "batch_size": batch_size,
-                "started_at": plan.started_at, "namespace": f"{namespace.namespace}:"}
+                "started_at": plan.started_at, "namespace": f"{namespace.namespace}:",
+                **schema_fields(NODE_FEATURE_NAMES, EDGE_FEATURE_NAMES)}
     RunRegistry(client, keys).create(run_id, manifest | ({"dag_run_id": dag_run_id} if dag_run_id else {}))
     log.info("planned run=%s plan=%s as_of=%d batches=%d accounts=%d cost=%d", run_id, plan.fingerprint, as_of,
              plan.batches, plan.accounts, plan.cost)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.extract import extract_batch
 from fx_workers.engine.graph import open_driver
-from fx_workers.steps.aggregate import PARTS, stored_stats
+from fx_workers.steps.aggregate import PARTS, run_names, stored_stats
 from fx_workers.steps.plan import Plan, stored_batches
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
@@ -96,7 +96,7 @@ def _check_values(report: VerifyReport, manifest: dict[str, str]) -> None:
     if stats is None:
         report.failures.append("the manifest has no statistics (was aggregate run?)")
         return
-    for part, names in PARTS.items():
+    for part, names in (run_names(manifest) or PARTS).items():
         bad = [f"{name} ({n})" for name, n in zip(names, stats[part].nan, strict=True) if n]
         if bad:
             report.failures.append(f"non-finite {part} values: {', '.join(bad)}")
@@ -134,11 +134,8 @@ def _check_checksum(report: VerifyReport, driver: Driver, settings: Settings, re
                                "reported (the graph changed, or the worker computed other numbers)")
     namespace = reader.keys.of_run(report.run_id)
     stored = Checksum()
-    for key_of, names, part_ids in ((namespace.node, NODE_FEATURE_NAMES, ids),
-                                    (namespace.edge, EDGE_FEATURE_NAMES, fresh.tx_ids.tolist())):
-        for record_id, values in zip(part_ids, reader.raw(key_of, names, part_ids), strict=True):
-            stored.add(record_id, [None if v is None else v.decode(errors="surrogateescape") for v in values])
-        stored.next_part()
+    for key_of, part_ids in ((namespace.node, ids), (namespace.edge, fresh.tx_ids.tolist())):
+        stored.add_part(part_ids, list(reader.raw(key_of, part_ids)))
     if stored.hexdigest() != reported:
         report.failures.append(f"batch {batch_id}: its records in Redis do not match the checksum its worker "
                                "reported (changed or lost since they were written)")

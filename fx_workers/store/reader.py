@@ -1,14 +1,15 @@
 """Reads features back, the way every reader must: resolve ``latest`` (or a given run) first, then
-read only that run's records, so one call never mixes runs."""
+read only that run's records, decoded with that run's names, so one call never mixes runs or schemas."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.client import is_cluster
+from fx_workers.store.records import RecordSchema, unpack_rows
 from fx_workers.store.runs import RunError, RunRegistry
 
 if TYPE_CHECKING:
@@ -19,11 +20,20 @@ if TYPE_CHECKING:
     from fx_workers.store.keys import RedisKeys
 
 CHUNK = 2000
-"""Records per pipeline round trip."""
+"""Records per ``MGET`` (per pipeline round trip on a cluster)."""
 META_RUN_ID, META_AS_OF, META_SCHEMA = "_run_id", "_as_of", "_schema"
 """Fields the reader adds to each record, from the run's manifest."""
 
 Record = dict[str, float | str]
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What a reader needs of one run: its id, the metadata added to records, and its record schema."""
+
+    run_id: str
+    meta: dict[str, str]
+    schema: RecordSchema
 
 
 class FeatureReader:
@@ -38,57 +48,57 @@ class FeatureReader:
         self.runs = RunRegistry(client, keys)
         self.run_id = run_id
 
-    def resolve(self) -> tuple[str, dict[str, str]]:
-        """The run this reader reads now, and its metadata (as_of, schema)."""
+    def view(self) -> RunView:
+        """The run this reader reads now: its metadata (as_of, schema) and the names its records decode with."""
         run_id = self.run_id or self.runs.latest()
         if run_id is None:
             raise RunError(f"no published run yet ({self.keys.latest} is not set); run fx_extract or fx extract")
-        as_of, schema = self.runs.fields(run_id, "as_of", "schema")
-        if as_of is None:
+        fields = ("as_of", "schema", "encoding", "node_names", "edge_names")
+        manifest = dict(zip(fields, self.runs.fields(run_id, *fields), strict=True))
+        if manifest["as_of"] is None:
             raise RunError(f"run {run_id} does not exist (fx runs list shows the retained runs)")
-        return run_id, {META_RUN_ID: run_id, META_AS_OF: as_of, META_SCHEMA: schema or ""}
+        meta = {META_RUN_ID: run_id, META_AS_OF: manifest["as_of"], META_SCHEMA: manifest["schema"] or ""}
+        return RunView(run_id, meta, RecordSchema.from_manifest(run_id, manifest))
 
-    def raw(self, key_of: Callable[[str], str], names: Sequence[str], ids: Sequence[str]) -> Iterator[list]:
-        """Each record's stored values in ``names`` order (``None`` where absent), chunk by chunk."""
+    def resolve(self) -> tuple[str, dict[str, str]]:
+        """The run this reader reads now, and its metadata (as_of, schema)."""
+        view = self.view()
+        return view.run_id, view.meta
+
+    def raw(self, key_of: Callable[[str], str], ids: Sequence[str]) -> Iterator[bytes | None]:
+        """Each record's stored bytes (``None`` where absent), in order, one ``MGET`` per chunk (on a cluster,
+        redis-py's ``mget_nonatomic``: a pipeline of ``GET``s routed to each key's slot)."""
+        mget = self.client.mget_nonatomic if is_cluster(self.client) else self.client.mget
         for start in range(0, len(ids), CHUNK):
-            pipe = self.client.pipeline(transaction=False)
-            for record_id in ids[start : start + CHUNK]:
-                pipe.hmget(key_of(record_id), names)
-            yield from pipe.execute()
+            chunk = ids[start : start + CHUNK]
+            if chunk:
+                yield from mget([key_of(record_id) for record_id in chunk])
 
-    def _read(self, part: str, names: Sequence[str], ids: Sequence[str]) -> list[Record | None]:
-        run_id, meta = self.resolve()
-        namespace = self.keys.of_run(run_id)
+    def matrix(self, part: str, ids: Sequence[str], view: RunView | None = None) -> tuple[np.ndarray, list[bool]]:
+        """The ``node`` or ``edge`` records of ``ids`` as a matrix in the run's column order
+        (``view.schema.names(part)``), and which records exist; NaN rows where absent."""
+        view = view or self.view()
+        namespace = self.keys.of_run(view.run_id)
         key_of = namespace.node if part == "node" else namespace.edge
-        return [_record(names, values, meta) for values in self.raw(key_of, names, ids)]
+        return unpack_rows(list(self.raw(key_of, ids)), len(view.schema.names(part)))
+
+    def _read(self, part: str, ids: Sequence[str]) -> list[Record | None]:
+        view = self.view()
+        names = view.schema.names(part)
+        matrix, present = self.matrix(part, ids, view)
+        return [dict(zip(names, row, strict=True)) | view.meta if here else None
+                for row, here in zip(matrix.tolist(), present, strict=True)]
 
     def nodes(self, ids: Sequence[str]) -> list[Record | None]:
-        """Each account's features plus ``_run_id``, ``_as_of``, ``_schema``; None where absent."""
-        return self._read("node", NODE_FEATURE_NAMES, ids)
+        """Each account's features, by the run's names, plus ``_run_id``, ``_as_of``, ``_schema``; None where
+        absent."""
+        return self._read("node", ids)
 
     def edges(self, tx_ids: Sequence[str]) -> list[Record | None]:
         """Each transfer's features plus the run's metadata; None where absent."""
-        return self._read("edge", EDGE_FEATURE_NAMES, tx_ids)
+        return self._read("edge", tx_ids)
 
     def node_matrix(self, ids: Sequence[str]) -> np.ndarray:
-        """A float matrix, one row per id in catalogue column order; NaN where a value is missing."""
-        matrix = np.full((len(ids), len(NODE_FEATURE_NAMES)), np.nan)
-        for i, record in enumerate(self.nodes(ids)):
-            if record is not None:
-                matrix[i] = [record.get(name, math.nan) for name in NODE_FEATURE_NAMES]
-        return matrix
-
-
-def _record(names: Sequence[str], values: list[bytes | None], meta: dict[str, str]) -> Record | None:
-    """A hash's fields as floats plus the run's metadata; None if the hash is absent."""
-    if all(v is None for v in values):
-        return None
-    record: Record = {name: _parse_float(raw) for name, raw in zip(names, values, strict=True) if raw is not None}
-    return record | meta
-
-
-def _parse_float(raw: bytes) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        return math.nan
+        """A float matrix, one row per id, in the run's column order (the catalogue's when the run was
+        written by this code); NaN where a record is missing."""
+        return self.matrix("node", ids)[0]

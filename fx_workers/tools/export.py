@@ -1,5 +1,6 @@
 """Export a run for model training: one row per account (or transfer), the id first, then the
-features in catalogue order; the run id, as_of and schema in the file's metadata.
+features in the run's order (the catalogue's, for a run of this code; the run's manifest names them);
+the run id, as_of and schema in the file's metadata.
 
 It streams: accounts batch by batch from the run's stored plan, transfers by ``SCAN`` over the run's
 namespace, a bounded chunk in memory at a time, so memory stays flat at millions of rows.
@@ -15,10 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.steps.plan import Plan, stored_batches
-from fx_workers.store.reader import CHUNK, FeatureReader
+from fx_workers.store.reader import CHUNK, FeatureReader, RunView
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -59,14 +59,10 @@ def _tx_ids(reader: FeatureReader, run_id: str) -> Iterator[list[str]]:
         yield chunk
 
 
-def _rows(reader: FeatureReader, run_id: str, edges: bool, chunks: Iterator[list[str]],
-          names: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
-    namespace = reader.keys.of_run(run_id)
-    key_of = namespace.edge if edges else namespace.node
+def _rows(reader: FeatureReader, view: RunView, part: str,
+          chunks: Iterator[list[str]]) -> Iterator[tuple[list[str], np.ndarray]]:
     for ids in chunks:
-        values = np.array([[np.nan if v is None else float(v) for v in row]
-                           for row in reader.raw(key_of, names, ids)], dtype=np.float64).reshape(len(ids), len(names))
-        yield ids, values
+        yield ids, reader.matrix(part, ids, view)[0]
 
 
 def export_run(reader: FeatureReader, out: Path, *, edges: bool = False,
@@ -78,9 +74,10 @@ def export_run(reader: FeatureReader, out: Path, *, edges: bool = False,
     """
     if out.suffix not in FORMATS:
         raise ExportError(f"--out must end in {' or '.join(FORMATS)}. Got {out.name}")
-    run_id, meta = reader.resolve()
+    view = reader.view()
+    run_id, meta, part = view.run_id, view.meta, "edge" if edges else "node"
     manifest = reader.runs.manifest(run_id)
-    names = EDGE_FEATURE_NAMES if edges else NODE_FEATURE_NAMES
+    names = view.schema.names(part)
     total = int(manifest.get("transfers", 0)) if edges else int(manifest["accounts"])
     chunks = _tx_ids(reader, run_id) if edges else _node_ids(reader, run_id, manifest)
     id_column = "tx_id" if edges else "account_id"
@@ -91,7 +88,7 @@ def export_run(reader: FeatureReader, out: Path, *, edges: bool = False,
         writer = _ParquetWriter(out, id_column, names, metadata) if out.suffix == ".parquet" else \
             _CsvWriter(out, id_column, names)
         with writer:
-            for ids, values in _rows(reader, run_id, edges, chunks, names):
+            for ids, values in _rows(reader, view, part, chunks):
                 writer.write(ids, values)
                 rows += len(ids)
                 advance(len(ids))

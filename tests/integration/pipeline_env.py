@@ -91,7 +91,7 @@ class Slice:
         for future in admin.create_topics(missing).values():
             future.result(timeout=30)
 
-    def local_snapshot(self, client: redis.Redis, as_of: int = AS_OF) -> dict[str, dict[bytes, bytes]]:
+    def local_snapshot(self, client: redis.Redis, as_of: int = AS_OF) -> dict[str, bytes]:
         """What ``fx extract --local`` writes for ``as_of``, as :meth:`snapshot` shows it."""
         from fx_workers.steps.local import run_local
 
@@ -99,9 +99,10 @@ class Slice:
         assert summary.verification.ok, str(summary.verification)
         return self.snapshot(client, summary.run_id)
 
-    def snapshot(self, client: redis.Redis, run_id: str | None = None) -> dict[str, dict[bytes, bytes]]:
-        """Every record of a run (default: the published one), keyed without the run's namespace, so
-        two runs of the same graph and as_of compare equal exactly when they stored the same bytes."""
+    def snapshot(self, client: redis.Redis, run_id: str | None = None) -> dict[str, bytes]:
+        """Every record of a run (default: the published one) as stored (packed bytes), keyed without the
+        run's namespace, so two runs of the same graph and as_of compare equal exactly when they stored the
+        same bytes."""
         run_id = run_id or self.registry(client).latest()
         assert run_id is not None, "no published run"
         namespace = self.keys.of_run(run_id)
@@ -110,7 +111,7 @@ class Slice:
                       if not k.decode()[head:].startswith("plan:"))
         pipe = client.pipeline(transaction=False)
         for key in keys:
-            pipe.hgetall(key)
+            pipe.get(key)
         return {key.decode()[head:]: values for key, values in zip(keys, pipe.execute(), strict=True)}
 
     def drop(self, client: redis.Redis, admin: AdminClient, driver: Driver) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
@@ -143,16 +144,16 @@ def test_export_equals_what_readers_get(piece: Slice, graph: list[Transfer], red
     nodes = {row["account_id"]: row for row in table.to_pylist()}
     assert sorted(nodes) == accounts_of(graph)
     for account, row in nodes.items():
-        stored = snapshot[f"node_features:{account}"]
-        assert [row[n] for n in NODE_FEATURE_NAMES] == [float(stored[n.encode()]) for n in NODE_FEATURE_NAMES]
+        stored = np.frombuffer(snapshot[f"node_features:{account}"], dtype="<f8").tolist()
+        assert [row[n] for n in NODE_FEATURE_NAMES] == stored
     with (tmp_path / "edges.csv").open(newline="") as f:
         edges = list(csv.reader(f))
     assert edges[0] == ["tx_id", *EDGE_FEATURE_NAMES]
     assert sorted(row[0] for row in edges[1:]) == sorted(k.split(":", 1)[1] for k in snapshot
                                                          if k.startswith("edge_features:"))
     for row in edges[1:]:
-        stored = snapshot[f"edge_features:{row[0]}"]
-        assert [float(v) for v in row[1:]] == [float(stored[n.encode()]) for n in EDGE_FEATURE_NAMES]
+        stored = np.frombuffer(snapshot[f"edge_features:{row[0]}"], dtype="<f8").tolist()
+        assert [float(v) for v in row[1:]] == stored
     assert "must end in .parquet or .csv" in fx(piece, "features", "export", "--out", "x.json", check=False).stderr
 
 
@@ -188,7 +189,8 @@ def test_verify_names_a_lost_record_an_altered_value_and_a_checksum_mismatch(
     namespace = piece.keys.of_run(run_id)
     victim, altered = accounts_of(graph)[:2]
     redis_client.delete(namespace.node(victim))
-    redis_client.hset(namespace.node(altered), "out_count", "not-a-number")
+    redis_client.setrange(namespace.node(altered), 8 * NODE_FEATURE_NAMES.index("out_count"),
+                          np.array([np.nan], dtype="<f8").tobytes())
     result = fx(piece, "verify", "--run", run_id, "--sample", "100000", "--batches", "0", check=False)
     assert result.returncode == 1
     assert f"account {victim}: no record in the run" in result.stdout

@@ -1,5 +1,5 @@
-"""The online store against a real Redis: run-scoped layout, exact round trip, idempotent rewrites,
-checksums, publication, rollback and retention."""
+"""The online store against a real Redis: run-scoped layout, packed records read with their own run's
+names, exact round trip, idempotent rewrites, checksums, publication, rollback and retention."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from fx_workers.engine.batch import BatchFeatures
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
+from fx_workers.store.records import schema_fields
 from fx_workers.store.runs import RunError, RunRegistry, RunStatus
 from fx_workers.store.writer import BatchWriter, Checksum, features_checksum
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 PREFIX = "fxtest-store"
 KEYS = RedisKeys(PREFIX)
@@ -40,9 +41,10 @@ def features(seed: int = 5) -> BatchFeatures:
                          rng.random((2, len(EDGE_FEATURE_NAMES))))
 
 
-def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, publish: bool = True) -> None:
+def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, publish: bool = True,
+        names: tuple[Sequence[str], Sequence[str]] = (NODE_FEATURE_NAMES, EDGE_FEATURE_NAMES)) -> None:
     registry.create(run_id, {"as_of": 123, "schema": "s1", "plan": "0" * 16, "batches": 1,
-                             "accounts": len(HOSTILE)})
+                             "accounts": len(HOSTILE), **schema_fields(*names)})
     BatchWriter(registry.client, KEYS.of_run(run_id)).write(batch or features())
     if publish:
         registry.update(run_id, {"status": RunStatus.VERIFIED})
@@ -52,15 +54,44 @@ def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, 
 def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
     batch, registry = features(), RunRegistry(client, KEYS)
     run(registry, "r1", batch)
-    stored = client.hgetall(f"{PREFIX}:r1:node_features:b:c")
-    assert stored[NODE_FEATURE_NAMES[0].encode()] == repr(float(batch.node_values[1, 0])).encode()
-    assert len(stored) == len(NODE_FEATURE_NAMES)  # no per-record metadata: it is in the manifest
+    stored = client.get(f"{PREFIX}:r1:node_features:b:c")
+    assert stored == batch.node_values[1].astype("<f8").tobytes()  # one float64 LE per feature, in order
+    assert len(stored) == 8 * len(NODE_FEATURE_NAMES)  # no per-record metadata: it is in the manifest
+    assert client.get(f"{PREFIX}:r1:edge_features:t:2") == batch.edge_values[1].astype("<f8").tobytes()
     reader = FeatureReader(client, KEYS)
     assert np.array_equal(reader.node_matrix(HOSTILE), batch.node_values)
     edge = reader.edges(["t:2", "missing"])
     assert edge[1] is None and [edge[0][name] for name in EDGE_FEATURE_NAMES] == batch.edge_values[1].tolist()
     assert (edge[0]["_run_id"], edge[0]["_as_of"], edge[0]["_schema"]) == ("r1", "123", "s1")
     assert np.isnan(reader.node_matrix(["nobody"])).all()
+
+
+def test_a_record_is_read_with_its_own_runs_names(client: redis.Redis, tmp_path) -> None:
+    """A run written by another catalogue (other names, another order, another count) is read by its names."""
+    from fx_workers.tools.export import export_run
+
+    registry = RunRegistry(client, KEYS)
+    old_nodes, old_edges = ["zeta", "out_count", "alpha"], ["pair_count"]
+    old = BatchFeatures(np.array(["a", "b:c"]), np.array([[1.5, 2.0, -0.25], [3.0, 0.1 + 0.2, 1e300]]),
+                        np.array(["t1"]), np.array([[7.0]]))
+    run(registry, "old", old, names=(old_nodes, old_edges))
+    run(registry, "new", features(), publish=False)
+    reader = FeatureReader(client, KEYS, "old")
+    [a, bc] = reader.nodes(["a", "b:c"])
+    assert {k: v for k, v in a.items() if not k.startswith("_")} == {"zeta": 1.5, "out_count": 2.0, "alpha": -0.25}
+    assert (bc["out_count"], bc["alpha"]) == (0.1 + 0.2, 1e300)
+    assert reader.edges(["t1"])[0]["pair_count"] == 7.0
+    assert np.array_equal(reader.node_matrix(["b:c"]), old.node_values[1:])
+    assert FeatureReader(client, KEYS, "new").nodes(["a"])[0]["out_count"] == features().node_values[0, 0]
+    client.set(KEYS.of_run("old").plan_batch(0), '["a", "b:c"]')
+    exported = tmp_path / "old.csv"
+    export_run(reader, exported)
+    assert exported.read_text().splitlines() == ["account_id,zeta,out_count,alpha", "a,1.5,2.0,-0.25",
+                                                 "b:c,3.0,0.30000000000000004,1e+300"]
+
+    registry.create("legacy", {"as_of": 1, "schema": "s0", "plan": "0" * 16, "batches": 0, "accounts": 0})
+    with pytest.raises(RunError, match="run legacy has no float64-le record schema"):
+        FeatureReader(client, KEYS, "legacy").nodes(["a"])
 
 
 def test_a_reader_needs_a_published_run(client: redis.Redis) -> None:
@@ -73,26 +104,31 @@ def test_a_reader_needs_a_published_run(client: redis.Redis) -> None:
 def test_rewrite_is_byte_identical_and_the_checksum_is_of_what_is_stored(client: redis.Redis) -> None:
     batch, writer = features(), BatchWriter(client, KEYS.of_run("r1"))
     first_checksum = writer.write(batch)
-    first = {k: client.hgetall(k) for k in client.scan_iter(match=f"{PREFIX}:*")}
+    first = {k: client.get(k) for k in client.scan_iter(match=f"{PREFIX}:*")}
     assert writer.write(batch) == first_checksum == features_checksum(batch)
-    assert {k: client.hgetall(k) for k in client.scan_iter(match=f"{PREFIX}:*")} == first
+    assert {k: client.get(k) for k in client.scan_iter(match=f"{PREFIX}:*")} == first
 
     reader = FeatureReader(client, KEYS, "r1")
     reread = Checksum()
-    for key_of, names, ids in ((KEYS.of_run("r1").node, NODE_FEATURE_NAMES, HOSTILE),
-                               (KEYS.of_run("r1").edge, EDGE_FEATURE_NAMES, ["t1", "t:2"])):
-        for record_id, values in zip(ids, reader.raw(key_of, names, ids), strict=True):
-            reread.add(record_id, [v.decode() for v in values])
-        reread.next_part()
+    for key_of, ids in ((KEYS.of_run("r1").node, HOSTILE), (KEYS.of_run("r1").edge, ["t1", "t:2"])):
+        reread.add_part(ids, list(reader.raw(key_of, ids)))
     assert reread.hexdigest() == first_checksum
     assert features_checksum(features(seed=6)) != first_checksum
+    client.delete(KEYS.of_run("r1").edge("t1"))
+    lost = Checksum()
+    for key_of, ids in ((KEYS.of_run("r1").node, HOSTILE), (KEYS.of_run("r1").edge, ["t1", "t:2"])):
+        lost.add_part(ids, list(reader.raw(key_of, ids)))
+    assert lost.hexdigest() != first_checksum
 
 
-def test_an_error_reply_raises_and_leaves_the_client_usable(client: redis.Redis) -> None:
-    client.set(KEYS.of_run("r1").node("a"), "a string, not a hash")
-    with pytest.raises(redis.ResponseError):
-        BatchWriter(client, KEYS.of_run("r1")).write(features())
-    assert client.ping()
+def test_a_key_of_another_type_is_overwritten_and_otherwise_reads_as_absent(client: redis.Redis) -> None:
+    registry = RunRegistry(client, KEYS)
+    client.hset(KEYS.of_run("r1").node("a"), "out_count", "1.0")  # a record of the hash layout
+    run(registry, "r1")
+    assert FeatureReader(client, KEYS).nodes(["a"])[0]["out_count"] == features().node_values[0, 0]
+    client.delete(KEYS.of_run("r1").node("a"))
+    client.hset(KEYS.of_run("r1").node("a"), "out_count", "1.0")
+    assert FeatureReader(client, KEYS).nodes(["a", "b:c"])[0] is None  # MGET gives nil for a key of another type
 
 
 def test_only_a_verified_run_is_published_and_rollback_is_one_write(client: redis.Redis) -> None:

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 
+from fx_workers.config import load_settings
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.stats import part_stats
 from fx_workers.protocol import BatchStatus, CompletionSignal
-from fx_workers.steps.aggregate import Tally, tally
+from fx_workers.steps.aggregate import Tally, drift_rows, tally
 from fx_workers.steps.plan import Plan
+from fx_workers.store.records import schema_fields
 
 PLAN = Plan(run_id="r1", fingerprint="0123456789abcdef", mode="airflow", as_of=1, schema_version="s", batch_size=2,
             batches=3, accounts=6, cost=6)
@@ -65,3 +67,35 @@ def test_statistics_of_another_catalogue_are_refused() -> None:
     result.add(signal(1, edges=part_stats(np.zeros((1, 3)))))  # good nodes, odd edges: neither part is merged
     assert (result.counted, result.foreign) == ({}, 2)
     assert {part: stats.rows for part, stats in result.merged().items()} == {"nodes": 0, "edges": 0}
+
+
+class PreviousRun:
+    """The registry as ``drift_rows`` sees it: one published run, ``p1``, with this manifest."""
+
+    def __init__(self, manifest: dict[str, str]) -> None:
+        self._manifest = manifest
+
+    def latest(self) -> str:
+        return "p1"
+
+    def manifest(self, run_id: str) -> dict[str, str]:
+        assert run_id == "p1"
+        return self._manifest
+
+
+def test_drift_compares_by_name_so_a_new_feature_skips_only_itself() -> None:
+    rng = np.random.default_rng(4)
+    nodes, edges = rng.normal(size=(500, len(NODE_FEATURE_NAMES))), rng.normal(size=(300, len(EDGE_FEATURE_NAMES)))
+    stats = {"nodes": part_stats(nodes), "edges": part_stats(edges)}
+    # the previous run had neither the first node feature nor the last edge feature, and its nodes in reverse order
+    old_nodes, old_edges = list(NODE_FEATURE_NAMES[1:])[::-1], list(EDGE_FEATURE_NAMES[:-1])
+    previous = {"nodes": part_stats(nodes[:, 1:][:, ::-1]), "edges": part_stats(edges[:, :-1])}
+    manifest = {"stats": json.dumps({p: s.model_dump(mode="json") for p, s in previous.items()}),
+                **schema_fields(old_nodes, old_edges)}
+    against, rows = drift_rows(load_settings(environ={}), PreviousRun(manifest), "r1", stats)
+    assert against == "p1"
+    assert [row.name for row in rows] == [*NODE_FEATURE_NAMES[1:], *EDGE_FEATURE_NAMES[:-1]]
+    assert {row.verdict for row in rows} == {"ok"} and {row.psi for row in rows} == {0.0}
+
+    unnamed = {"stats": manifest["stats"]}  # a run of an fx that stored no names, with other counts
+    assert drift_rows(load_settings(environ={}), PreviousRun(unnamed), "r1", stats) == ("", [])

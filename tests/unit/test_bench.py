@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from bench import report
 from bench.capacity import batch_overhead, from_bench, tail
 from bench.dag import TRIGGER, log_parts, task_breakdown
-from bench.floor import load_records, resp_commands
+from bench.floor import encode_row, load_records, resp_commands
 from bench.measure import BenchError, PhaseClock
 from bench.model import (
     Deployment,
@@ -31,7 +31,6 @@ from bench.model import (
 from bench.naive import Leg, core_edge_features, core_node_features
 from bench.run import merge
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.store.writer import encode_row
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
 from tests.reference import Reference, Transfer
 
@@ -199,10 +198,12 @@ def test_top_functions_reads_a_cprofile_dump(tmp_path: Path) -> None:
     assert len(top) == 1 and top[0]["calls"] >= 1 and "sorted" in top[0]["function"]
 
 
-def test_resp_commands_encode_one_hset_per_record() -> None:
-    [command] = resp_commands([("fx:r1:node_features:A1", {"out_count": "2.0", "in_count": "5"})])
-    assert command == (b"*6\r\n$4\r\nHSET\r\n$22\r\nfx:r1:node_features:A1\r\n"
-                       b"$9\r\nout_count\r\n$3\r\n2.0\r\n$8\r\nin_count\r\n$1\r\n5\r\n")
+def test_resp_commands_encode_one_set_per_packed_record_and_one_hset_per_hash() -> None:
+    packed, hashed = resp_commands([("fx:r1:node_features:A1", b"\x00\x01"),
+                                    ("fx:r1:node_features:A1", {"out_count": "2.0", "in_count": "5"})])
+    assert packed == b"*3\r\n$3\r\nSET\r\n$22\r\nfx:r1:node_features:A1\r\n$2\r\n\x00\x01\r\n"
+    assert hashed == (b"*6\r\n$4\r\nHSET\r\n$22\r\nfx:r1:node_features:A1\r\n"
+                      b"$9\r\nout_count\r\n$3\r\n2.0\r\n$8\r\nin_count\r\n$1\r\n5\r\n")
 
 
 def test_render_shows_the_verification_share_redis_with_retained_runs_and_the_dag_tasks() -> None:
@@ -287,8 +288,12 @@ def test_floor_records_are_the_bytes_the_batch_writer_stores(tmp_path: Path) -> 
     assert (accounts, transfers) == (2, 1)
     assert [key for key, _ in records] == ["fxbench:r1:node_features:A1", "fxbench:r1:node_features:A:2",
                                            "fxbench:r1:edge_features:T1"]
-    assert list(records[1][1].values()) == encode_row(node_values[1].tolist())
-    assert list(records[2][1]) == list(EDGE_FEATURE_NAMES)
+    assert records[1][1] == node_values[1].astype("<f8").tobytes()
+    assert records[2][1] == edge_values[0].astype("<f8").tobytes()
+    hashed, _, _ = load_records(path, "fxbench", "r1", layout="hash")
+    assert [key for key, _ in hashed] == [key for key, _ in records]
+    assert list(hashed[1][1].values()) == encode_row(node_values[1].tolist())
+    assert list(hashed[2][1]) == list(EDGE_FEATURE_NAMES)
 
 
 def test_merge_appends_the_sizes_of_later_runs() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fx_workers.config import DriftConfig
-from fx_workers.engine.stats import BIN_EDGES, BINS, Accumulator, drift, part_stats, psi, summarise
+from fx_workers.engine.stats import BIN_EDGES, BINS, Accumulator, drift, drift_by_name, part_stats, psi, summarise
 
 
 def matrix(seed: int, rows: int, cols: int = 4) -> np.ndarray:
@@ -78,3 +78,17 @@ def test_drift_verdicts_follow_the_thresholds() -> None:
     rows = drift(shifted, before, names, DriftConfig())
     assert {row.verdict for row in rows} == {"warn"} and all(row.psi > 0.1 for row in rows)
     assert {row.verdict for row in drift(shifted, before, names, DriftConfig(psi_fail=0.2))} == {"fail"}
+
+
+def test_drift_is_by_name_and_a_new_feature_skips_only_itself() -> None:
+    before_values = matrix(1, 20_000)
+    before = part_stats(before_values)
+    # this run moved "b" to the front, added "new" and dropped "d"; only "c" drifted
+    now_values = np.column_stack([before_values[:, 1], before_values[:, 0], matrix(3, 20_000)[:, 0],
+                                  before_values[:, 2] * 100])
+    rows = drift_by_name(part_stats(now_values), ["b", "a", "new", "c"], before, ["a", "b", "c", "d"], DriftConfig())
+    assert [(row.name, row.verdict) for row in rows] == [("b", "ok"), ("a", "ok"), ("c", "warn")]
+    assert rows[0].psi == rows[1].psi == 0.0
+    assert drift_by_name(before, ["a", "b", "c", "d"], before, ["w", "x", "y", "z"], DriftConfig()) == []
+    with pytest.raises(ValueError, match="the previous run names 3 features; its statistics have 4"):
+        drift_by_name(before, ["a", "b", "c", "d"], before, ["a", "b", "c"], DriftConfig())
