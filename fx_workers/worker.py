@@ -63,6 +63,13 @@ DELIVERY_TIMEOUT_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 15.0
 MAX_POLL_INTERVAL_SECONDS = 600.0
 """Kafka's ``max.poll.interval.ms``: the longest a batch may take before the group reassigns it."""
+SESSION_TIMEOUT_SECONDS = 45.0
+"""Kafka's ``session.timeout.ms`` (Kafka's own default): how long the group keeps a silent static member's
+partitions, and how long the client waits for its coordinator before it gives its membership up. A
+broker restart takes 15 to 40 s here; with 10 s librdkafka gave up mid-restart and reset its member id,
+the worker's next commit reached the reloaded coordinator under that empty id beside the old one the
+coordinator still held for its ``group.instance.id``, and the broker answered ``FENCED_INSTANCE_ID``, fatal
+to the consumer (see docs/operations.md)."""
 QUIET_POLL_SECONDS = 30.0
 """The health key goes stale when the loop has not polled for this long outside a batch."""
 
@@ -262,8 +269,8 @@ class Worker:
             "group.instance.id": client_id(self.worker_id),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            # A static member keeps its partitions while away; this bounds how long a dead one does.
-            "session.timeout.ms": 10_000,
+            # Outlasts a broker restart (no fence); a worker gone for good holds its partitions this long.
+            "session.timeout.ms": int(SESSION_TIMEOUT_SECONDS * 1000),
             "max.poll.interval.ms": int(MAX_POLL_INTERVAL_SECONDS * 1000),
         })
         consumer.subscribe([self.settings.kafka.topics.requests], on_assign=self._log_assignment)

@@ -112,3 +112,24 @@ def test_a_worker_without_a_partition_warns_that_it_sits_idle(caplog: pytest.Log
     assert second.levelname == "WARNING"
     assert "worker w was assigned no partition of feature-extraction" in second.getMessage()
     assert "more workers than its 4 partitions (kafka.partitions.requests)" in second.getMessage()
+
+
+def test_a_static_member_outlasts_a_broker_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 10 s librdkafka gave its membership up during a broker restart (15-40 s on the stack) and the
+    next commit was fenced (FENCED_INSTANCE_ID), so both workers rebuilt their consumers every time."""
+    import confluent_kafka
+
+    configs: list[dict] = []
+
+    class Recorder:
+        def __init__(self, config: dict) -> None:
+            configs.append(config)
+
+        def subscribe(self, topics: list[str], on_assign: object = None) -> None:
+            pass
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", Recorder)
+    Worker(load_settings(), "7")._consumer()
+    [config] = configs
+    assert config["group.instance.id"] == "fx-worker-7"
+    assert config["session.timeout.ms"] == 45_000  # Kafka's default; a broker's group.max.session.timeout.ms is 30 min
