@@ -60,6 +60,5 @@ def batch_input(transfers: list[Transfer], ids: list[str], as_of: int) -> BatchI
         neighbour_in_count=np.array([sum(t.payee == u for t in visible) for u in neighbours], dtype=np.int64),
         window=Transfers(payer=np.array([t.payer for t in window], dtype=np.str_),
                          payee=np.array([t.payee for t in window], dtype=np.str_),
-                         amount=np.array([t.amount for t in window], dtype=np.float64),
                          ts=np.array([t.ts for t in window], dtype=np.int64)),
     )

@@ -33,11 +33,15 @@ class Transfers:
 
     payer: np.ndarray  # str
     payee: np.ndarray  # str
-    amount: np.ndarray  # float64
     ts: np.ndarray  # int64
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def touching(self, accounts: np.ndarray) -> Transfers:
+        """The transfers whose payer or payee is one of ``accounts``."""
+        keep = np.isin(self.payer, accounts) | np.isin(self.payee, accounts)
+        return Transfers(self.payer[keep], self.payee[keep], self.ts[keep])
 
 
 @dataclass(frozen=True)

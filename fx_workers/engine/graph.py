@@ -85,17 +85,24 @@ class Cypher:
         )
 
     @property
-    def window_neighbourhood(self) -> str:
-        """Every transfer with ``$since < ts <= $as_of`` of every account that has such a transfer with a
-        batch account (the batch's own included), each once: the 2-hop ball of the pattern features."""
+    def window_size(self) -> str:
+        """How many transfers the pattern window holds in the whole graph (a range index count)."""
+        return self.render("MATCH ()-[x:{T}]->() WHERE $since < x.{ts} <= $as_of RETURN count(x) AS n")
+
+    @property
+    def window_all(self) -> str:
+        """Every transfer of the pattern window (a range index seek): cheaper than the ball when the window
+        holds fewer transfers than the ball's accounts have in all."""
+        return self.render("MATCH (p:{A})-[x:{T}]->(q:{A}) WHERE $since < x.{ts} <= $as_of "
+                           "RETURN collect(p.{id}) AS payer, collect(q.{id}) AS payee, collect(x.{ts}) AS ts")
+
+    @property
+    def window_ball(self) -> str:
+        """Every transfer of the pattern window that touches an account of ``$near``, each once."""
         return self.render(
-            "UNWIND $ids AS id "
-            "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE $since < t.{ts} <= $as_of "
-            "WITH DISTINCT u "
-            "MATCH (u)-[x:{T}]-(:{A}) WHERE $since < x.{ts} <= $as_of "
+            "UNWIND $near AS near MATCH (u:{A} {{{id}: near}})-[x:{T}]-(:{A}) WHERE $since < x.{ts} <= $as_of "
             "WITH DISTINCT x "
-            "RETURN collect(startNode(x).{id}) AS payer, collect(endNode(x).{id}) AS payee, "
-            "collect(x.{amount}) AS amount, collect(x.{ts}) AS ts"
+            "RETURN collect(startNode(x).{id}) AS payer, collect(endNode(x).{id}) AS payee, collect(x.{ts}) AS ts"
         )
 
     def neighbour_counts(self, *, every_transfer_counts: bool) -> str:
@@ -146,34 +153,48 @@ def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
 def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str) -> BatchInput:
     """Everything the features of ``ids`` (distinct account ids) need: a few bulk queries, as columns.
 
+    The pattern window's ball (every windowed transfer of an account that has one with the batch) is
+    read whichever way touches fewer relationships: through those accounts (their transfers of all
+    time, filtered), or as the whole window by the ts index, filtered here.
+
     :raises GraphDataError: when a transfer lacks a property of the model
     """
     params = {"ids": ids, "as_of": as_of, "since": as_of - PATTERN_WINDOW}
     index = {node_id: i for i, node_id in enumerate(ids)}
 
-    def read(tx: ManagedTransaction) -> tuple[list[Record], list[Record], Record, Record]:
-        out = list(tx.run(cypher.out_edges, params))
-        inc = list(tx.run(cypher.in_edges, params))
+    def read(tx: ManagedTransaction) -> tuple[EdgeArrays, EdgeArrays, Record, Transfers]:
+        out = _edges(list(tx.run(cypher.out_edges, params)), index)
+        inc = _edges(list(tx.run(cypher.in_edges, params)), index)
         future = tx.run(cypher.transfers_after, params).single() is not None
         nb = tx.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
-        window = tx.run(cypher.window_neighbourhood, params).single(strict=True)
+        near = np.unique(np.concatenate([e.other[e.ts > params["since"]] for e in (out, inc)]))
+        at = np.isin(as_array(nb["ids"], str), near)
+        ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
+        if tx.run(cypher.window_size, params).single(strict=True)["n"] <= ball:
+            window = _transfers(tx.run(cypher.window_all, params).single(strict=True))
+            return out, inc, nb, window.touching(near)
+        window = _transfers(tx.run(cypher.window_ball, {**params, "near": near.tolist()}).single(strict=True))
         return out, inc, nb, window
 
     with driver.session(database=database) as session:
         out, inc, nb, window = session.execute_read(read)
-    if not len(window["payer"]) == len(window["payee"]) == len(window["amount"]) == len(window["ts"]):
-        raise GraphDataError("a transfer near the batch has no amount, or an account without an id")
     return BatchInput(
         ids=as_array(ids, str),
         as_of=as_of,
-        out=_edges(out, index),
-        inc=_edges(inc, index),
+        out=out,
+        inc=inc,
         neighbour_ids=as_array(nb["ids"], str),
         neighbour_out_count=as_array(nb["out_count"], np.int64),
         neighbour_in_count=as_array(nb["in_count"], np.int64),
-        window=Transfers(payer=as_array(window["payer"], str), payee=as_array(window["payee"], str),
-                         amount=as_array(window["amount"], np.float64), ts=as_array(window["ts"], np.int64)),
+        window=window,
     )
+
+
+def _transfers(record: Record) -> Transfers:
+    if not len(record["payer"]) == len(record["payee"]) == len(record["ts"]):
+        raise GraphDataError("a transfer near the batch has no ts, or an account without an id")
+    return Transfers(payer=as_array(record["payer"], str), payee=as_array(record["payee"], str),
+                     ts=as_array(record["ts"], np.int64))
 
 
 def read_accounts(driver: Driver, cypher: Cypher, database: str) -> tuple[np.ndarray, np.ndarray]:

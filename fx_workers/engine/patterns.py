@@ -33,6 +33,7 @@ WEEK = 7 * 86400
 CHUNK_ROWS = 1 << 20
 """Rows of a join held at once (2-paths, cycle candidates): the engine's memory bound per batch."""
 PATTERN = "patterns"
+NEVER = np.iinfo(np.int64).max
 
 
 def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,26 +134,34 @@ class WindowGraph:
         return self.ts[self.first[edges] + self.count[edges] - 1]
 
     def next_ts(self, edges: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """The earliest ts of each edge strictly after ``after`` (int64 max where there is none)."""
-        stamps = self._stamps
-        done = after == np.iinfo(np.int64).max
-        probe = (edges << 32) | np.clip(after - self.since, 0, (1 << 32) - 1)
-        at = np.searchsorted(stamps, np.where(done, 0, probe), side="right")
-        found = ~done & (at < len(stamps))
-        at = np.minimum(at, len(stamps) - 1)
-        found &= (stamps[at] >> 32) == edges
-        return np.where(found, self.ts[at], np.iinfo(np.int64).max)
+        """The earliest ts of each edge strictly after ``after`` (:data:`NEVER` where there is none)."""
+        first = self.first_ts(edges)
+        out = np.where(first > after, first, NEVER)
+        many = (self.count[edges] > 1) & (first <= after) & (after < self.last_ts(edges))
+        if many.any():  # the next ts is inside the edge's list: one search in the (edge, ts) order
+            e = edges[many]
+            at = np.searchsorted(self._stamps, (e << 32) | (after[many] - self.since), side="right")
+            out[many] = self.ts[at]
+        return out
 
     def time_respecting(self, cycle: list[np.ndarray]) -> np.ndarray:
         """For cycles given as their edges in order (one array per position): can transfers be picked
-        one per edge, in cycle order from some starting edge, with strictly increasing ts?"""
+        one per edge, in cycle order from some starting edge, with strictly increasing ts?
+
+        With one transfer per edge that holds exactly when the ts fall only once around the cycle; cycles
+        with parallel transfers try each starting edge, taking on every next edge its earliest ts after
+        the previous one (the earliest choice never hurts later edges)."""
         k = len(cycle)
-        ok = np.zeros(len(cycle[0]), dtype=bool)
+        first = [self.first_ts(edges) for edges in cycle]
+        falls = sum((first[i] >= first[(i + 1) % k]).astype(np.int64) for i in range(k))
+        single = np.logical_and.reduce([self.count[edges] == 1 for edges in cycle])
+        ok = single & (falls == 1)
         for start in range(k):
-            t = self.first_ts(cycle[start])
+            todo = np.flatnonzero(~ok & ~single)
+            t = first[start][todo]
             for step in range(1, k):
-                t = self.next_ts(cycle[(start + step) % k], t)
-            ok |= t != np.iinfo(np.int64).max
+                t = self.next_ts(cycle[(start + step) % k][todo], t)
+            ok[todo] = t != NEVER
         return ok
 
 
@@ -171,10 +180,15 @@ class PatternContext:
 
     def fan(self, window: int, payers: bool) -> np.ndarray:
         """Per account code, its distinct payees (or payers) in the window, itself included."""
-        recent = self.ts > self.as_of - window
-        key = np.unique(self.payer[recent] * self.ncodes + self.payee[recent])
+        key = self._pairs[window]
         side = key % self.ncodes if payers else key // self.ncodes
         return np.bincount(side, minlength=self.ncodes).astype(np.float64)
+
+    @cached_property
+    def _pairs(self) -> dict[int, np.ndarray]:
+        """Per window, the distinct (payer, payee) keys of its transfers."""
+        return {window: np.unique(self.payer[recent] * self.ncodes + self.payee[recent])
+                for window in (WEEK, PATTERN_WINDOW) for recent in [self.ts > self.as_of - window]}
 
     def max_over(self, edges: tuple[np.ndarray, np.ndarray], value: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Per batch account, the max of ``value`` over the far ends of its G_30d edges (0 if none)."""

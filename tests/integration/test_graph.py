@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import pytest
 from neo4j import Neo4jDriver
 
 from fx_workers.config import GraphModel, load_settings
@@ -47,14 +48,16 @@ def test_a_routing_uri_extracts_what_a_direct_one_does(piece: Slice, redis_clien
 
 
 def _rows(window: Transfers) -> list[tuple]:
-    return sorted(zip(window.payer.tolist(), window.payee.tolist(), window.ts.tolist(), window.amount.tolist(),
-                      strict=True))
+    return sorted(zip(window.payer.tolist(), window.payee.tolist(), window.ts.tolist(), strict=True))
 
 
-def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings: Settings) -> None:
+@pytest.mark.parametrize("window_size", [0, 2**62], ids=["whole window", "through the ball"])
+def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings: Settings, monkeypatch,
+                                                  window_size: int) -> None:
     """``read_batch``'s windowed neighbourhood is the one ``tests.graphs.batch_input`` builds from the
-    definition (each transfer once, the window's edges exact), and the pattern features computed from it
-    equal the naive reference's, with hostile ids, a hub, window edges and transfers after ``as_of``."""
+    definition (each transfer once, the window's edges exact), whichever way it is read, and the pattern
+    features computed from it equal the naive reference's, with hostile ids, a hub, window edges and
+    transfers after ``as_of``."""
     from fx_workers.engine.batch import PATTERN_WINDOW
     from fx_workers.engine.catalogue import NODE_FEATURE_NAMES, compute_features
     from fx_workers.engine.graph import read_batch
@@ -69,6 +72,7 @@ def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings
     rows += [("e", "hub", AS_OF - PATTERN_WINDOW), ("f", "hub", AS_OF - PATTERN_WINDOW + 1), ("e", "e", AS_OF),
              ("hub", "e", AS_OF + 1), ("hub", "f", AS_OF - 3)]
     transfers = [Transfer(f"t{i}", p, q, float(i), ts) for i, (p, q, ts) in enumerate(rows)]
+    monkeypatch.setattr(Cypher, "window_size", f"RETURN {window_size} AS n")  # picks the read under test
     database = settings.neo4j.database
     neo4j_driver.execute_query(
         "UNWIND $rows AS r MERGE (p:TGraphAccount {id: r.payer}) MERGE (q:TGraphAccount {id: r.payee}) "
