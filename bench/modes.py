@@ -20,6 +20,7 @@ from unittest import mock
 
 import redis.client
 
+import fx_workers.engine.catalogue
 import fx_workers.steps.compute
 import fx_workers.steps.local
 import fx_workers.store.writer
@@ -39,7 +40,7 @@ PRELOADED = ("neo4j", "redis", "confluent_kafka")
 LOCAL_PHASES = [
     (fx_workers.steps.local, "make_plan", "plan"),
     (fx_workers.steps.local, "read_graph", "neo4j"),
-    (fx_workers.steps.local, "compute_features", "compute"),
+    (fx_workers.engine.catalogue.Catalogue, "compute", "compute"),
     (fx_workers.store.writer.BatchWriter, "write", "write: encode"),
     (redis.client.Pipeline, "execute", "write: redis"),
     (fx_workers.steps.compute, "part_stats", "stats"),

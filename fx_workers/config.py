@@ -206,6 +206,8 @@ class ExtractionConfig(_Section):
     """Accounts recomputed from Neo4j and compared value for value before a run is published."""
     verify_batches: int = Field(2, ge=0)
     """Whole batches recomputed and re-read, and checked against their completion signals' checksums."""
+    patterns: bool = True
+    """Compute the pattern family (fans, cycles, scatter-gather in 7d and 30d windows) on top of the base."""
 
 
 class RetentionConfig(_Section):

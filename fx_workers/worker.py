@@ -24,8 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fx_workers.engine.catalogue import SCHEMA_VERSION
-from fx_workers.engine.extract import extract_batch
+from fx_workers.engine.extract import catalogue_of, extract_batch
 from fx_workers.engine.graph import open_driver
 from fx_workers.protocol import (
     HEADER_KIND,
@@ -318,8 +317,8 @@ class Worker:
             return
         self.stats.current = f"{request.run_id}/{request.batch_id}"
         error = None
-        if request.schema_version != SCHEMA_VERSION:
-            error = f"schema_version must be {SCHEMA_VERSION} (this worker's catalogue). Got {request.schema_version}"
+        if request.schema_version != (schema := catalogue_of(self.settings).schema_version):
+            error = f"schema_version must be {schema} (this worker's catalogue). Got {request.schema_version}"
         attempt, delays = 0, retry_delays(self.backoff_seconds, self.settings.workers.retry_seconds)
         transient = False
         while error is None:

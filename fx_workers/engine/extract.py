@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fx_workers.engine.catalogue import compute_features
+from fx_workers.engine.catalogue import Catalogue, catalogue
 from fx_workers.engine.graph import Cypher, read_batch
 
 if TYPE_CHECKING:
@@ -18,11 +18,17 @@ if TYPE_CHECKING:
     from fx_workers.engine.batch import BatchFeatures, BatchInput
 
 
+def catalogue_of(settings: Settings) -> Catalogue:
+    """The catalogue this configuration computes (``extraction.patterns``)."""
+    return catalogue(settings.extraction.patterns)
+
+
 def read_graph(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchInput:
-    """The batch's graph, read with the configured model's queries."""
-    return read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database)
+    """The batch's graph, read with the configured model's queries (the pattern window only when needed)."""
+    return read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database,
+                      window=catalogue_of(settings).reads_window)
 
 
 def extract_batch(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchFeatures:
     """Read one batch's neighbourhood from Neo4j and compute its features."""
-    return compute_features(read_graph(driver, settings, ids, as_of))
+    return catalogue_of(settings).compute(read_graph(driver, settings, ids, as_of))

@@ -150,13 +150,15 @@ def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
     )
 
 
-def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str) -> BatchInput:
+def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str, *,
+               window: bool = True) -> BatchInput:
     """Everything the features of ``ids`` (distinct account ids) need: a few bulk queries, as columns.
 
     The pattern window's ball (every windowed transfer of an account that has one with the batch) is
     read whichever way touches fewer relationships: through those accounts (their transfers of all
     time, filtered), or as the whole window by the ts index, filtered here.
 
+    :param window: read the pattern window (else ``BatchInput.window`` is empty)
     :raises GraphDataError: when a transfer lacks a property of the model
     """
     params = {"ids": ids, "as_of": as_of, "since": as_of - PATTERN_WINDOW}
@@ -167,14 +169,15 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
         inc = _edges(list(tx.run(cypher.in_edges, params)), index)
         future = tx.run(cypher.transfers_after, params).single() is not None
         nb = tx.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
+        if not window:
+            return out, inc, nb, Transfers(as_array([], str), as_array([], str), as_array([], np.int64))
         near = np.unique(np.concatenate([e.other[e.ts > params["since"]] for e in (out, inc)]))
         at = np.isin(as_array(nb["ids"], str), near)
         ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
         if tx.run(cypher.window_size, params).single(strict=True)["n"] <= ball:
-            window = _transfers(tx.run(cypher.window_all, params).single(strict=True))
-            return out, inc, nb, window.touching(near)
-        window = _transfers(tx.run(cypher.window_ball, {**params, "near": near.tolist()}).single(strict=True))
-        return out, inc, nb, window
+            whole = _transfers(tx.run(cypher.window_all, params).single(strict=True))
+            return out, inc, nb, whole.touching(near)
+        return out, inc, nb, _transfers(tx.run(cypher.window_ball, {**params, "near": near.tolist()}).single())
 
     with driver.session(database=database) as session:
         out, inc, nb, window = session.execute_read(read)

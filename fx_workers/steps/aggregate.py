@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.engine.catalogue import CATALOGUE, by_schema
 from fx_workers.engine.stats import Accumulator, FeatureDrift, drift_by_name, summarise
 from fx_workers.protocol import BatchStatus, CompletionSignal, MessageError, PartStats
 from fx_workers.steps.plan import Plan
@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARTS = {"nodes": NODE_FEATURE_NAMES, "edges": EDGE_FEATURE_NAMES}
-"""This code's features per part of the statistics; a run's own are :func:`run_names`."""
+def parts(schema: str) -> dict[str, tuple[str, ...]]:
+    """This code's features per part of a run's statistics, for the run's schema version (the whole
+    catalogue's when this code does not know it); a run's own are :func:`run_names`."""
+    features = by_schema(schema) or CATALOGUE
+    return {"nodes": features.node_names, "edges": features.edge_names}
 _NAME_FIELDS = {"nodes": NODE_NAMES, "edges": EDGE_NAMES}
 
 
@@ -46,7 +49,10 @@ class Tally:
     duplicates: int = 0
     conflicts: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
     foreign: int = 0
-    stats: dict[str, Accumulator] = field(default_factory=lambda: {p: Accumulator(len(n)) for p, n in PARTS.items()})
+    stats: dict[str, Accumulator] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = {p: Accumulator(len(n)) for p, n in parts(self.plan.schema_version).items()}
 
     def add(self, signal: CompletionSignal) -> None:
         """Count a signal once; a redelivered copy is a duplicate, a copy with other content a conflict."""
@@ -119,8 +125,8 @@ def run_names(manifest: dict[str, str]) -> dict[str, list[str]] | None:
     return {part: json.loads(manifest[field]) for part, field in _NAME_FIELDS.items()}
 
 
-def drift_rows(settings: Settings, registry: RunRegistry, run_id: str,
-               stats: dict[str, PartStats]) -> tuple[str, list[FeatureDrift]]:
+def drift_rows(settings: Settings, registry: RunRegistry, run_id: str, stats: dict[str, PartStats],
+               current: dict[str, tuple[str, ...]]) -> tuple[str, list[FeatureDrift]]:
     """The published run compared against, and the drift from it of every feature it had too, by name (none
     without a previous run; a feature new in this run has no row, the others keep theirs)."""
     previous_id = registry.latest()
@@ -130,10 +136,10 @@ def drift_rows(settings: Settings, registry: RunRegistry, run_id: str,
     previous = stored_stats(manifest)
     if previous is None:
         return "", []
-    names = run_names(manifest) or PARTS  # a run of an fx before the names were stored: this code's, if they fit
+    names = run_names(manifest) or parts(manifest.get("schema", ""))  # a run from before the names were stored
     try:
-        return previous_id, [row for part, current in PARTS.items()
-                             for row in drift_by_name(stats[part], current, previous[part], names[part],
+        return previous_id, [row for part, features in current.items()
+                             for row in drift_by_name(stats[part], features, previous[part], names[part],
                                                       settings.drift)]
     except ValueError as exc:
         log.warning("no drift against run %s: %s", previous_id, exc)
@@ -149,12 +155,12 @@ def drift_fields(against: str, rows: list[FeatureDrift]) -> dict[str, Any]:
     return {"drift_against": against, "drift": json.dumps([r.as_dict() for r in rows]), "drift_verdict": verdict}
 
 
-def stats_table(stats: dict[str, PartStats], rows: list[FeatureDrift]) -> str:
+def stats_table(stats: dict[str, PartStats], names: dict[str, tuple[str, ...]], rows: list[FeatureDrift]) -> str:
     """The task log's compact table: one line per feature."""
     by_name = {row.name: row.as_dict() for row in rows}
     lines = [f"{'feature':<34} {'mean':>12} {'std':>12} {'min':>12} {'max':>12} {'nan':>5} {'psi':>7} drift"]
-    for part, names in PARTS.items():
-        for s in summarise(stats[part], names):
+    for part, features in names.items():
+        for s in summarise(stats[part], features):
             row = by_name.get(s.name, {})
             lines.append(f"{s.name:<34} {s.mean:>12.4g} {s.std:>12.4g} {_g(s.min):>12} {_g(s.max):>12} {s.nan:>5} "
                          f"{row.get('psi', ''):>7} {row.get('verdict', '-')}")
@@ -169,13 +175,14 @@ def record_aggregate(settings: Settings, client: redis.Redis, plan: Plan, result
     """Write the aggregation and the drift into the manifest; log the table; return the summary."""
     registry = RunRegistry(client, RedisKeys(settings.redis.prefix))
     stats = result.merged()
-    against, rows = drift_rows(settings, registry, plan.run_id, stats)
+    names = parts(plan.schema_version)
+    against, rows = drift_rows(settings, registry, plan.run_id, stats, names)
     fields = result.manifest_fields(stats) | drift_fields(against, rows)
     registry.update(plan.run_id, fields)
     log.info("aggregated run=%s batches=%d/%d accounts=%d transfers=%d duplicates=%d conflicts=%d foreign=%d "
              "drift=%s against %s\n%s", plan.run_id, len(result.counted), plan.batches, fields["accounts_written"],
              fields["transfers"], result.duplicates, len(result.conflicts), result.foreign, fields["drift_verdict"],
-             against or "no previous run", stats_table(stats, rows))
+             against or "no previous run", stats_table(stats, names, rows))
     return {k: fields[k] for k in ("accounts_written", "transfers", "batches_counted", "duplicates", "drift_verdict")}
 
 

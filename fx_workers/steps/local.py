@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from fx_workers.engine.catalogue import compute_features
-from fx_workers.engine.extract import read_graph
+from fx_workers.engine.extract import catalogue_of, read_graph
 from fx_workers.engine.graph import open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest
@@ -75,14 +74,14 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
     with open_driver(settings.neo4j) as driver:
         plan, batches = make_plan(driver, client, settings, as_of=as_of, batch_size=batch_size, mode="local")
         writer = BatchWriter(client, RedisKeys(settings.redis.prefix).of_run(plan.run_id))
-        tally = Tally(plan)
+        tally, compute = Tally(plan), catalogue_of(settings).compute
         with progress("extracting", plan.accounts) as advance:
             for (batch_id, ids), graph in prefetched(lambda item: read_graph(driver, settings, item[1], as_of),
                                                      list(enumerate(batches))):
                 request = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=batch_id,
                                             batches=plan.batches, as_of=as_of, schema_version=plan.schema_version,
                                             ids=ids)
-                tally.add(write_batch(writer, request, compute_features(graph)))
+                tally.add(write_batch(writer, request, compute(graph)))
                 advance(len(ids))
     seconds = time.perf_counter() - started
     summary = record_aggregate(settings, client, plan, tally)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES, SCHEMA_VERSION
+from fx_workers.engine.extract import catalogue_of
 from fx_workers.engine.graph import Cypher, read_accounts
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.topics import PipelineError
@@ -108,9 +108,9 @@ def balanced_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int, partit
     return lpt_batches(ids, costs, -(-len(ids) // count)) if count else []
 
 
-def fingerprint(run_id: str, as_of: int, batches: list[list[str]]) -> str:
+def fingerprint(run_id: str, as_of: int, schema: str, batches: list[list[str]]) -> str:
     """16 hex digits naming exactly this plan: the run, the instant, the catalogue and the batches."""
-    digest = hashlib.blake2b(f"{run_id}\0{as_of}\0{SCHEMA_VERSION}\0".encode(), digest_size=8)
+    digest = hashlib.blake2b(f"{run_id}\0{as_of}\0{schema}\0".encode(), digest_size=8)
     for batch in batches:
         digest.update(json.dumps(batch).encode())
     return digest.hexdigest()
@@ -127,10 +127,10 @@ def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of:
     batches = balanced_batches(ids, costs, batch_size, partitions)
     if not batches:
         raise PipelineError(f"no :{settings.graph.account_label} nodes in Neo4j; load a graph first (fx load)")
-    run_id = run_id or new_run_id()
+    run_id, features = run_id or new_run_id(), catalogue_of(settings)
     plan = Plan(
-        run_id=run_id, fingerprint=fingerprint(run_id, as_of, batches), mode=mode, as_of=as_of,
-        schema_version=SCHEMA_VERSION, batch_size=batch_size, batches=len(batches),
+        run_id=run_id, fingerprint=fingerprint(run_id, as_of, features.schema_version, batches), mode=mode,
+        as_of=as_of, schema_version=features.schema_version, batch_size=batch_size, batches=len(batches),
         accounts=sum(len(b) for b in batches), cost=int(costs.sum()),
         start_offsets={str(p): o for p, o in (start_offsets or {}).items()}, dag_run_id=dag_run_id,
     )
@@ -140,10 +140,10 @@ def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of:
     for batch_id, batch in enumerate(batches):
         pipe.set(namespace.plan_batch(batch_id), json.dumps(batch))
     pipe.execute()
-    manifest = {"mode": mode, "as_of": as_of, "schema": SCHEMA_VERSION, "plan": plan.fingerprint,
+    manifest = {"mode": mode, "as_of": as_of, "schema": plan.schema_version, "plan": plan.fingerprint,
                 "batches": plan.batches, "accounts": plan.accounts, "batch_size": batch_size,
                 "started_at": plan.started_at, "namespace": f"{namespace.namespace}:",
-                **schema_fields(NODE_FEATURE_NAMES, EDGE_FEATURE_NAMES)}
+                **schema_fields(features.node_names, features.edge_names)}
     RunRegistry(client, keys).create(run_id, manifest | ({"dag_run_id": dag_run_id} if dag_run_id else {}))
     log.info("planned run=%s plan=%s as_of=%d batches=%d accounts=%d cost=%d", run_id, plan.fingerprint, as_of,
              plan.batches, plan.accounts, plan.cost)

@@ -17,10 +17,9 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
-from fx_workers.engine.extract import extract_batch
+from fx_workers.engine.extract import catalogue_of, extract_batch
 from fx_workers.engine.graph import open_driver
-from fx_workers.steps.aggregate import PARTS, run_names, stored_stats
+from fx_workers.steps.aggregate import parts, run_names, stored_stats
 from fx_workers.steps.plan import Plan, stored_batches
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
@@ -96,7 +95,7 @@ def _check_values(report: VerifyReport, manifest: dict[str, str]) -> None:
     if stats is None:
         report.failures.append("the manifest has no statistics (was aggregate run?)")
         return
-    for part, names in (run_names(manifest) or PARTS).items():
+    for part, names in (run_names(manifest) or parts(manifest.get("schema", ""))).items():
         bad = [f"{name} ({n})" for name, n in zip(names, stats[part].nan, strict=True) if n]
         if bad:
             report.failures.append(f"non-finite {part} values: {', '.join(bad)}")
@@ -116,12 +115,12 @@ def _compare(kind: str, entity_id: str, names: Sequence[str], stored: dict | Non
 
 def _recompute_sample(report: VerifyReport, driver: Driver, settings: Settings, reader: FeatureReader,
                       chosen: list[str], as_of: int) -> None:
-    fresh = extract_batch(driver, settings, chosen, as_of)
+    fresh, features = extract_batch(driver, settings, chosen, as_of), catalogue_of(settings)
     for node_id, row, stored in zip(chosen, fresh.node_values, reader.nodes(chosen), strict=True):
-        report.failures += _compare("account", node_id, NODE_FEATURE_NAMES, stored, row)
+        report.failures += _compare("account", node_id, features.node_names, stored, row)
     tx_ids = fresh.tx_ids.tolist()
     for tx_id, row, stored in zip(tx_ids, fresh.edge_values, reader.edges(tx_ids), strict=True):
-        report.failures += _compare("transfer", tx_id, EDGE_FEATURE_NAMES, stored, row)
+        report.failures += _compare("transfer", tx_id, features.edge_names, stored, row)
     report.sampled = len(chosen)
     report.node_sample, report.edge_sample = chosen[:SIZE_SAMPLE], tx_ids[:SIZE_SAMPLE]
 

@@ -194,3 +194,26 @@ def test_a_thousand_hostile_requests_crash_nothing_and_the_run_beside_them_is_ri
     assert piece.snapshot(redis_client) == expected
     after = neo4j_driver.execute_query(count_query, database_=settings.neo4j.database).records[0].data()
     assert after == before
+
+
+def test_a_run_of_another_catalogue_is_refused_by_name_and_nothing_is_written(piece: Slice,
+                                                                             redis_client: redis.Redis) -> None:
+    """A run planned without the pattern family (``extraction.patterns: false``) reaches workers that compute
+    it: every batch fails, naming both schema versions, and the run's namespace holds no feature record."""
+    from fx_workers.config import load_settings
+    from fx_workers.engine.catalogue import WITHOUT_PATTERNS
+
+    without = Slice(load_settings(environ={**piece.env, "FX__EXTRACTION__PATTERNS": "false"}), piece.env)
+    plan = plan_and_publish(without, redis_client)
+    assert plan.schema_version == WITHOUT_PATTERNS.schema_version != SCHEMA_VERSION
+
+    worker = Worker(piece.settings, WORKER_ID, max_messages=plan.batches)
+    worker.run()
+    assert (worker.stats.batches, worker.stats.failed) == (0, plan.batches)
+    signals = [CompletionSignal.decode(m.value()) for m in read_topic(piece, piece.settings.kafka.topics.results)
+               if header_value(m.headers(), HEADER_KIND) == "completion"]
+    errors = {s.batch_id: s.error for s in signals if s.run_id == plan.run_id}
+    assert sorted(errors) == list(range(plan.batches))
+    assert all(SCHEMA_VERSION in error and WITHOUT_PATTERNS.schema_version in error for error in errors.values())
+    namespace = piece.keys.of_run(plan.run_id)
+    assert not [k for k in redis_client.scan_iter(namespace.pattern) if b":plan:" not in k]

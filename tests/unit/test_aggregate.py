@@ -14,6 +14,7 @@ from fx_workers.steps.aggregate import Tally, drift_rows, tally
 from fx_workers.steps.plan import Plan
 from fx_workers.store.records import schema_fields
 
+CURRENT = {"nodes": NODE_FEATURE_NAMES, "edges": EDGE_FEATURE_NAMES}
 PLAN = Plan(run_id="r1", fingerprint="0123456789abcdef", mode="airflow", as_of=1, schema_version="s", batch_size=2,
             batches=3, accounts=6, cost=6)
 
@@ -92,10 +93,10 @@ def test_drift_compares_by_name_so_a_new_feature_skips_only_itself() -> None:
     previous = {"nodes": part_stats(nodes[:, 1:][:, ::-1]), "edges": part_stats(edges[:, :-1])}
     manifest = {"stats": json.dumps({p: s.model_dump(mode="json") for p, s in previous.items()}),
                 **schema_fields(old_nodes, old_edges)}
-    against, rows = drift_rows(load_settings(environ={}), PreviousRun(manifest), "r1", stats)
+    against, rows = drift_rows(load_settings(environ={}), PreviousRun(manifest), "r1", stats, CURRENT)
     assert against == "p1"
     assert [row.name for row in rows] == [*NODE_FEATURE_NAMES[1:], *EDGE_FEATURE_NAMES[:-1]]
     assert {row.verdict for row in rows} == {"ok"} and {row.psi for row in rows} == {0.0}
 
     unnamed = {"stats": manifest["stats"]}  # a run of an fx that stored no names, with other counts
-    assert drift_rows(load_settings(environ={}), PreviousRun(unnamed), "r1", stats) == ("", [])
+    assert drift_rows(load_settings(environ={}), PreviousRun(unnamed), "r1", stats, CURRENT) == ("", [])

@@ -33,10 +33,11 @@ def test_batches_come_in_multiples_of_the_partitions_when_they_can(accounts: int
 
 def test_fingerprint_names_exactly_one_plan() -> None:
     batches = [["a", "b"], ["c"]]
-    assert fingerprint("r1", 5, batches) == fingerprint("r1", 5, [["a", "b"], ["c"]])
-    assert len({fingerprint("r1", 5, batches), fingerprint("r2", 5, batches), fingerprint("r1", 6, batches),
-                fingerprint("r1", 5, [["c"], ["a", "b"]]), fingerprint("r1", 5, [["a"], ["b", "c"]]),
-                fingerprint("r1", 5, [["a", "b", "c"]])}) == 6
+    assert fingerprint("r1", 5, "s1", batches) == fingerprint("r1", 5, "s1", [["a", "b"], ["c"]])
+    variants = [("r2", 5, "s1", batches), ("r1", 6, "s1", batches), ("r1", 5, "s2", batches),
+                ("r1", 5, "s1", [["c"], ["a", "b"]]), ("r1", 5, "s1", [["a"], ["b", "c"]]),
+                ("r1", 5, "s1", [["a", "b", "c"]])]
+    assert len({fingerprint("r1", 5, "s1", batches), *(fingerprint(*v) for v in variants)}) == 7
 
 
 def fake_admin(partitions: dict[str, int]) -> SimpleNamespace:
