@@ -104,8 +104,8 @@ def measure_local(settings: Settings, *, as_of: int, profile: Path | None = None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.modes", description=__doc__)
-    parser.add_argument("mode", help="naive, local, floor-redis-cli, floor-redis-py, distributed-K (K workers) "
-                                     "or dag")
+    parser.add_argument("mode", help="naive, local, local-base (no pattern family), floor-redis-cli, "
+                                     "floor-redis-py, distributed-K (K workers) or dag")
     parser.add_argument("--as-of", type=int, required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--records", type=Path, help="floor: the .npz of prepared records")
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         measurement = run_naive(settings, as_of=args.as_of, run_id=args.run_id)
     elif args.mode == "local":
         measurement = measure_local(settings, as_of=args.as_of, profile=args.profile)
+    elif args.mode == "local-base":
+        base = settings.extraction.model_copy(update={"patterns": False})
+        measurement = measure_local(settings.model_copy(update={"extraction": base}), as_of=args.as_of)
     elif args.mode.startswith("distributed-"):
         measurement = run_distributed(as_of=args.as_of, run_id=args.run_id, workers=int(args.mode.split("-")[1]))
     elif args.mode == "dag":

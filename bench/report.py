@@ -12,7 +12,7 @@ from typing import Any
 
 from fx_workers.config import REPO_ROOT
 
-MODES = ("naive", "local", "distributed-1", "distributed-2", "distributed-4", "dag", "floor-redis-cli",
+MODES = ("naive", "local", "local-base", "distributed-1", "distributed-2", "distributed-4", "dag", "floor-redis-cli",
          "floor-redis-py")
 """Every mode, in table and plot order."""
 FLOORS = ("floor-redis-cli", "floor-redis-py")
@@ -25,6 +25,8 @@ MODE_DOCS = {
              "batch read in a thread), the vectorised 62 + 11 features, pipelined writes into the run's "
              "namespace, aggregation of the signals, verification, the flip of `latest`; timed from the plan to "
              "the run verified and live (retention after it is shown but not counted)",
+    "local-base": "`local` with the pattern family off (`extraction.patterns: false`): the 62 + 11 base "
+                  "features, no 2-hop window read; `local / local-base` is what the family costs",
     "distributed-k": "k worker processes (`python -m fx_workers --worker-id N`, own topics and consumer group) "
                      "writing their batches into Redis; `make_plan` + `request_messages` published, signals "
                      "counted from their headers as the DAG's trigger does, then `aggregate_run`, `verify_run` "
@@ -113,7 +115,7 @@ def _median_tasks(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
 
 def ratios(summaries: dict[str, ModeSummary]) -> dict[str, float]:
     """Time ratios between modes that were measured: how many times slower the first is."""
-    pairs = [("naive", "local"), ("dag", "distributed-2")]
+    pairs = [("naive", "local"), ("local", "local-base"), ("dag", "distributed-2")]
     pairs += [("local", mode) for mode in summaries if mode.startswith("distributed-")]
     pairs += [(mode, floor) for mode in summaries if mode == "local" or mode.startswith("distributed-")
               for floor in FLOORS]

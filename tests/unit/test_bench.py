@@ -130,9 +130,10 @@ def test_summarise_takes_medians_and_the_largest_rss() -> None:
 
 def test_ratios_only_between_measured_modes() -> None:
     summaries = report.summarise([run("naive", 40.0), run("local", 2.0), run("distributed-4", 1.0),
-                                  run("floor-redis-cli", 0.5)])
+                                  run("floor-redis-cli", 0.5), run("local-base", 1.6)])
     assert report.ratios(summaries) == {
         "naive / local": 20.0,
+        "local / local-base": 1.25,
         "local / distributed-4": 2.0,
         "local / floor-redis-cli": 4.0,
         "distributed-4 / floor-redis-cli": 2.0,
