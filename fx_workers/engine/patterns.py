@@ -1,21 +1,24 @@
 """The pattern family: the shapes laundering takes (fan-out, fan-in, cycles, scatter-gather) in time windows.
 
-For a window W the window's transfers are those with ``as_of - W < ts <= as_of``; G_W is the directed
-graph of accounts with an edge u → w when some transfer of the window goes from u to w and u != w.
-Everything is computed from the batch's windowed 2-hop ball (:attr:`BatchInput.window`), exactly:
+For a window W (7d = 604800 s, 30d = 2592000 s) the window's transfers are those with
+`as_of - W < ts <= as_of`; G_W is the directed graph of accounts with an edge u → w when some transfer
+of the window goes from u to w and u != w (self-transfers never form a pattern). Every count is exact
+(no sampling, no cap) and stays within 2 hops of v, so a batch reads its own 30d ball: every windowed
+transfer of every account that has one with the batch (through those accounts, or as the whole window
+by the ts index when that is smaller).
 
-- fans are distinct (payer, payee) pairs counted per account;
-- cycles through v are anchored at v, so each simple cycle is found once: v→a→v, v→a→b→v, and
-  v→a→b→c→v by a meet-in-the-middle join of the forward 2-paths v→a→b with the backward 2-paths
-  b→c→v on (v, b);
-- a cycle is time-respecting when, for some starting edge, picking on each next edge its earliest
-  transfer strictly after the previous one reaches the end (greedy earliest is optimal);
-- scatter-gather joins v→m (earliest ts) with m→d (latest ts) on m.
+- Fans count distinct (payer, payee) pairs of the window per account.
+- Cycles through v are anchored at v, so each simple cycle is found once: v→a→v, v→a→b→v, and
+  v→a→b→c→v by joining the forward 2-paths v→a→b with the backward 2-paths b→c→v on (v, b).
+- A cycle with one transfer per edge is time-respecting when its ts fall exactly once around it; with
+  parallel transfers, each starting edge is tried, taking on every next edge its earliest ts after the
+  previous one (taking the earliest never hurts the edges after it).
+- Scatter-gather joins v→m (its earliest ts) with m→d (its latest ts) on m.
 
-Cost: with d_W the window degrees, the 2-paths of a batch are sum over v of sum over its window
-neighbours a of deg(a); 4-cycle candidates are the join's output, the cycles themselves. Joins run in
-chunks of at most :data:`CHUNK_ROWS` rows, so memory is bounded by the batch's window ball plus a
-constant, whatever the hubs: a hub with 5,000 counterparties costs 5,000 rows per account that touches it.
+Cost per batch: O(B log B) for the ball of B windowed transfers, plus the 2-paths (for each batch account
+v and window neighbour a, the window degree of a) and the cycles found. Joins run in chunks of about
+CHUNK_ROWS rows (2**20), so memory is bounded by the ball plus a constant however large the hubs: a hub
+with 5,000 window counterparties adds 5,000 rows for each batch account that pays it.
 """
 
 from __future__ import annotations
@@ -278,10 +281,10 @@ PATTERNS: FeatureGroup[PatternContext] = FeatureGroup(PatternContext)
 
 
 @PATTERNS.node(PATTERN, "accounts",
-               ("fan_out_7d", "number of distinct payees of OUT(v) with ts > as_of - 604800"),
-               ("fan_in_7d", "number of distinct payers of IN(v) with ts > as_of - 604800"),
-               ("fan_out_30d", "number of distinct payees of OUT(v) with ts > as_of - 2592000"),
-               ("fan_in_30d", "number of distinct payers of IN(v) with ts > as_of - 2592000"))
+               ("fan_out_7d", "number of distinct payees of OUT(v) in the 7d window (a self-transfer counts v)"),
+               ("fan_in_7d", "number of distinct payers of IN(v) in the 7d window (a self-transfer counts v)"),
+               ("fan_out_30d", "number of distinct payees of OUT(v) in the 30d window (a self-transfer counts v)"),
+               ("fan_in_30d", "number of distinct payers of IN(v) in the 30d window (a self-transfer counts v)"))
 def fans(c: PatternContext) -> tuple[np.ndarray, ...]:
     return tuple(c.fan(window, payers)[c.accounts] for window in (WEEK, PATTERN_WINDOW) for payers in (False, True))
 
@@ -298,9 +301,11 @@ def counterparty_fans(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 @PATTERNS.node(PATTERN, "cycles",
-               ("cycles_30d", "number of distinct simple directed cycles of length 2, 3 or 4 in G_30d through v"),
-               ("temporal_cycles_30d", "how many of those cycles are time-respecting: from some starting edge, "
-                                       "one transfer per edge in cycle order with strictly increasing ts"))
+               ("cycles_30d", "number of distinct simple directed cycles of length 2, 3 or 4 in G_30d that pass "
+                              "through v (a cycle is its set of edges)"),
+               ("temporal_cycles_30d", "how many of those cycles are time-respecting: for some starting edge, "
+                                       "transfers of the window picked one per edge, in cycle order, with strictly "
+                                       "increasing ts"))
 def cycles(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
     return c.cycles
 
