@@ -1,0 +1,31 @@
+"""bench.layout: the batches it writes and the table it prints."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.layout import batches, table
+
+
+def saved(accounts: int = 2500, transfers: int = 10) -> dict[str, np.ndarray]:
+    return {"node_ids": np.array([f"A{i}" for i in range(accounts)]), "node_values": np.ones((accounts, 3)),
+            "tx_ids": np.array([f"T{i}" for i in range(transfers)]), "edge_values": np.zeros((transfers, 2))}
+
+
+def test_each_part_is_written_alone_in_batches_of_a_thousand() -> None:
+    nodes, edges = batches(saved(), "nodes"), batches(saved(), "edges")
+    assert [len(b.node_ids) for b in nodes] == [1000, 1000, 500] and {len(b.tx_ids) for b in nodes} == {0}
+    assert [len(b.tx_ids) for b in edges] == [10] and len(edges[0].node_ids) == 0
+    assert nodes[0].edge_values.shape == (0, 2) and edges[0].node_values.shape == (0, 3)
+
+
+def test_the_table_gives_both_layouts_and_the_ratios() -> None:
+    def row(layout: str, node: float, edge: float, cpu: float) -> dict:
+        return {"layout": layout, "nodes": {"bytes_per_record": node}, "edges": {"bytes_per_record": edge},
+                "bytes_per_account": node + 2 * edge, "client_cpu_us_per_record": cpu}
+
+    results = {"graphs": [{"name": None, "transactions": 100_000, "accounts": 10, "transfers": 20,
+                           "layouts": [row("hash", 2000, 450, 40.0), row("packed", 600, 200, 4.0)]}]}
+    lines = table(results).splitlines()
+    assert lines[2] == "| 100,000 generated (2.0 transfers/account) | hash | 2,000 | 450 | 2,900 | 40.0 |  |"
+    assert lines[3] == "| 100,000 generated (2.0 transfers/account) | packed | 600 | 200 | 1,000 | 4.0 | 2.9x, 10.0x |"
