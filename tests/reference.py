@@ -208,10 +208,9 @@ class Reference:
             payees30[t.payer].add(t.payee)
             payers30[t.payee].add(t.payer)
         middles = defaultdict(set)  # d -> every m with a transfer v -> m and a later m -> d
-        for t1 in w7:
+        for t1 in (t for t in w7 if t.payer == v and t.payee != v):
             for t2 in w7:
-                if t1.payer == v and t1.payee == t2.payer and t2.ts > t1.ts and t2.payee not in (v, t1.payee) \
-                        and t1.payee != v:
+                if t2.payer == t1.payee and t2.ts > t1.ts and t2.payee not in (v, t1.payee):
                     middles[t2.payee].add(t1.payee)
         cycles = _simple_cycles(v, w30)
         f = {
