@@ -100,3 +100,7 @@ bench-full: setup up ## The same with naive to 100k and 1 worker, plus 1M transa
 .PHONY: bench-capacity
 bench-capacity: setup up ## Measure the capacity model's rates, check it with 1/2/4 workers and 1/3 Redis shards (docs/scaling.md)
 	@$(PY) -m bench.capacity
+
+.PHONY: bench-usefulness
+bench-usefulness: setup up ## Do fx's features flag laundering? AMLSim, LightGBM, fx vs GFP and counts (docs/usefulness.md)
+	@$(PY) -m bench.usefulness
