@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fx_workers.engine.extract import catalogue_of, extract_batch
-from fx_workers.engine.graph import open_driver
+from fx_workers.engine.graph import WindowCache, open_driver
 from fx_workers.protocol import (
     HEADER_KIND,
     HEADER_RUN,
@@ -168,6 +168,8 @@ class Worker:
         """When the loop last polled; the health key is only refreshed while this is recent."""
         self.stats = WorkerStats(worker_id)
         self.keys = RedisKeys(settings.redis.prefix)
+        self.windows = WindowCache()
+        """The pattern window of the run this worker computes now, read once for all its batches here."""
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -364,7 +366,7 @@ class Worker:
                  attempt: int) -> None:
         """Read, compute and write one batch, then send its completion signal."""
         started = time.perf_counter()
-        features = extract_batch(driver, self.settings, request.ids, request.as_of)
+        features = extract_batch(driver, self.settings, request.ids, request.as_of, self.windows.bind(request.run_id))
         extract_ms = (time.perf_counter() - started) * 1000
         writer = BatchWriter(redis, self.keys.of_run(request.run_id))
         signal = write_batch(writer, request, features, attempt=attempt, worker_id=self.worker_id,

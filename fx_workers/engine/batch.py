@@ -38,6 +38,10 @@ class Transfers:
     def __len__(self) -> int:
         return len(self.ts)
 
+    @property
+    def nbytes(self) -> int:
+        return self.payer.nbytes + self.payee.nbytes + self.ts.nbytes
+
     def touching(self, accounts: np.ndarray) -> Transfers:
         """The transfers whose payer or payee is one of ``accounts``."""
         keep = np.isin(self.payer, accounts) | np.isin(self.payee, accounts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fx_workers.engine.catalogue import Catalogue, catalogue
-from fx_workers.engine.graph import Cypher, read_batch
+from fx_workers.engine.graph import Cypher, WindowCache, read_batch
 
 if TYPE_CHECKING:
     from neo4j import Driver
@@ -23,12 +23,17 @@ def catalogue_of(settings: Settings) -> Catalogue:
     return catalogue(settings.extraction.patterns)
 
 
-def read_graph(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchInput:
-    """The batch's graph, read with the configured model's queries (the pattern window only when needed)."""
+def read_graph(driver: Driver, settings: Settings, ids: list[str], as_of: int,
+               cache: WindowCache | None = None) -> BatchInput:
+    """The batch's graph, read with the configured model's queries (the pattern window only when needed).
+
+    :param cache: the run's pattern window, kept between its batches (see :class:`WindowCache`)
+    """
     return read_batch(driver, Cypher(settings.graph), ids, as_of, settings.neo4j.database,
-                      window=catalogue_of(settings).reads_window)
+                      window=catalogue_of(settings).reads_window, cache=cache)
 
 
-def extract_batch(driver: Driver, settings: Settings, ids: list[str], as_of: int) -> BatchFeatures:
+def extract_batch(driver: Driver, settings: Settings, ids: list[str], as_of: int,
+                  cache: WindowCache | None = None) -> BatchFeatures:
     """Read one batch's neighbourhood from Neo4j and compute its features."""
-    return catalogue_of(settings).compute(read_graph(driver, settings, ids, as_of))
+    return catalogue_of(settings).compute(read_graph(driver, settings, ids, as_of, cache))

@@ -150,15 +150,39 @@ def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
     )
 
 
+@dataclass
+class WindowCache:
+    """One run's whole pattern window, kept between that run's batches in one process (a worker, a local
+    run, a verification): the ts index is then read once per run instead of a ball per batch. It holds
+    one run at most (:meth:`bind` drops another run's), and no window over ``max_rows`` or ``max_bytes``."""
+
+    max_rows: int = 2_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    run: str | None = None
+    window: Transfers | None = None
+
+    def bind(self, run: str) -> WindowCache:
+        """This cache for ``run``'s batches."""
+        if run != self.run:
+            self.run, self.window = run, None
+        return self
+
+    def keep(self, window: Transfers) -> None:
+        if window.nbytes <= self.max_bytes:
+            self.window = window
+
+
 def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str, *,
-               window: bool = True) -> BatchInput:
+               window: bool = True, cache: WindowCache | None = None) -> BatchInput:
     """Everything the features of ``ids`` (distinct account ids) need: a few bulk queries, as columns.
 
     The pattern window's ball (every windowed transfer of an account that has one with the batch) is
     read whichever way touches fewer relationships: through those accounts (their transfers of all
-    time, filtered), or as the whole window by the ts index, filtered here.
+    time, filtered), or as the whole window by the ts index, filtered here; with a ``cache``, the whole
+    window once for the run, if it fits.
 
     :param window: read the pattern window (else ``BatchInput.window`` is empty)
+    :param cache: the run's :class:`WindowCache`, bound to the run by the caller
     :raises GraphDataError: when a transfer lacks a property of the model
     """
     params = {"ids": ids, "as_of": as_of, "since": as_of - PATTERN_WINDOW}
@@ -174,8 +198,13 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
         near = np.unique(np.concatenate([e.other[e.ts > params["since"]] for e in (out, inc)]))
         at = np.isin(as_array(nb["ids"], str), near)
         ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
-        if tx.run(cypher.window_size, params).single(strict=True)["n"] <= ball:
+        if cache is not None and cache.window is not None:
+            return out, inc, nb, cache.window.touching(near)
+        size = tx.run(cypher.window_size, params).single(strict=True)["n"]
+        if size <= ball or (cache is not None and size <= cache.max_rows):
             whole = _transfers(tx.run(cypher.window_all, params).single(strict=True))
+            if cache is not None:
+                cache.keep(whole)
             return out, inc, nb, whole.touching(near)
         return out, inc, nb, _transfers(tx.run(cypher.window_ball, {**params, "near": near.tolist()}).single())
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from fx_workers.engine.extract import catalogue_of, read_graph
-from fx_workers.engine.graph import open_driver
+from fx_workers.engine.graph import WindowCache, open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.aggregate import Tally, record_aggregate
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from fx_workers.config import Settings
+    from fx_workers.engine.batch import BatchInput
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,10 +75,12 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
     with open_driver(settings.neo4j) as driver:
         plan, batches = make_plan(driver, client, settings, as_of=as_of, batch_size=batch_size, mode="local")
         writer = BatchWriter(client, RedisKeys(settings.redis.prefix).of_run(plan.run_id))
-        tally, compute = Tally(plan), catalogue_of(settings).compute
+        tally, compute, windows = Tally(plan), catalogue_of(settings).compute, WindowCache().bind(plan.run_id)
         with progress("extracting", plan.accounts) as advance:
-            for (batch_id, ids), graph in prefetched(lambda item: read_graph(driver, settings, item[1], as_of),
-                                                     list(enumerate(batches))):
+            def read(item: tuple[int, list[str]]) -> BatchInput:
+                return read_graph(driver, settings, item[1], as_of, windows)
+
+            for (batch_id, ids), graph in prefetched(read, list(enumerate(batches))):
                 request = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=batch_id,
                                             batches=plan.batches, as_of=as_of, schema_version=plan.schema_version,
                                             ids=ids)

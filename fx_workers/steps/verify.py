@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fx_workers.engine.extract import catalogue_of, extract_batch
-from fx_workers.engine.graph import open_driver
+from fx_workers.engine.graph import WindowCache, open_driver
 from fx_workers.steps.aggregate import parts, run_names, stored_stats
 from fx_workers.steps.plan import Plan, stored_batches
 from fx_workers.store.keys import RedisKeys
@@ -114,8 +114,8 @@ def _compare(kind: str, entity_id: str, names: Sequence[str], stored: dict | Non
 
 
 def _recompute_sample(report: VerifyReport, driver: Driver, settings: Settings, reader: FeatureReader,
-                      chosen: list[str], as_of: int) -> None:
-    fresh, features = extract_batch(driver, settings, chosen, as_of), catalogue_of(settings)
+                      chosen: list[str], as_of: int, windows: WindowCache) -> None:
+    fresh, features = extract_batch(driver, settings, chosen, as_of, windows), catalogue_of(settings)
     for node_id, row, stored in zip(chosen, fresh.node_values, reader.nodes(chosen), strict=True):
         report.failures += _compare("account", node_id, features.node_names, stored, row)
     tx_ids = fresh.tx_ids.tolist()
@@ -126,8 +126,8 @@ def _recompute_sample(report: VerifyReport, driver: Driver, settings: Settings, 
 
 
 def _check_checksum(report: VerifyReport, driver: Driver, settings: Settings, reader: FeatureReader,
-                    batch_id: int, ids: list[str], as_of: int, reported: str) -> None:
-    fresh = extract_batch(driver, settings, ids, as_of)
+                    batch_id: int, ids: list[str], as_of: int, reported: str, windows: WindowCache) -> None:
+    fresh = extract_batch(driver, settings, ids, as_of, windows)
     if features_checksum(fresh) != reported:
         report.failures.append(f"batch {batch_id}: recomputed from Neo4j it hashes differently from what its worker "
                                "reported (the graph changed, or the worker computed other numbers)")
@@ -173,14 +173,14 @@ def verify_run(settings: Settings, client: redis.Redis, run_id: str | None = Non
     chosen = sorted(rng.sample(every_id, min(sample, len(every_id))))
     batches = settings.extraction.verify_batches if batches is None else batches
     checked = sorted(rng.sample(range(plan.batches), min(batches, plan.batches)))
-    reader = FeatureReader(client, keys, run_id)
+    reader, windows = FeatureReader(client, keys, run_id), WindowCache().bind(run_id)  # read again, not the run's
     with open_driver(settings.neo4j) as driver, (progress or no_progress)("verifying", 1 + len(checked)) as advance:
         if chosen:
-            _recompute_sample(report, driver, settings, reader, chosen, plan.as_of)
+            _recompute_sample(report, driver, settings, reader, chosen, plan.as_of, windows)
         advance(1)
         for batch_id in checked:
             if batch_id < len(table) and table[batch_id]:
                 _check_checksum(report, driver, settings, reader, batch_id, planned[batch_id], plan.as_of,
-                                table[batch_id][2])
+                                table[batch_id][2], windows)
             advance(1)
     return report

@@ -51,16 +51,16 @@ def _rows(window: Transfers) -> list[tuple]:
     return sorted(zip(window.payer.tolist(), window.payee.tolist(), window.ts.tolist(), strict=True))
 
 
-@pytest.mark.parametrize("window_size", [0, 2**62], ids=["whole window", "through the ball"])
+@pytest.mark.parametrize("window_size", [0, 2**62, None], ids=["whole window", "through the ball", "cached"])
 def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings: Settings, monkeypatch,
-                                                  window_size: int) -> None:
+                                                  window_size: int | None) -> None:
     """``read_batch``'s windowed neighbourhood is the one ``tests.graphs.batch_input`` builds from the
     definition (each transfer once, the window's edges exact), whichever way it is read, and the pattern
     features computed from it equal the naive reference's, with hostile ids, a hub, window edges and
     transfers after ``as_of``."""
     from fx_workers.engine.batch import PATTERN_WINDOW
     from fx_workers.engine.catalogue import NODE_FEATURE_NAMES, compute_features
-    from fx_workers.engine.graph import read_batch
+    from fx_workers.engine.graph import WindowCache, read_batch
     from fx_workers.engine.patterns import PATTERNS
     from tests.graphs import AS_OF, batch_input
     from tests.reference import Reference, Transfer
@@ -72,7 +72,9 @@ def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings
     rows += [("e", "hub", AS_OF - PATTERN_WINDOW), ("f", "hub", AS_OF - PATTERN_WINDOW + 1), ("e", "e", AS_OF),
              ("hub", "e", AS_OF + 1), ("hub", "f", AS_OF - 3)]
     transfers = [Transfer(f"t{i}", p, q, float(i), ts) for i, (p, q, ts) in enumerate(rows)]
-    monkeypatch.setattr(Cypher, "window_size", f"RETURN {window_size} AS n")  # picks the read under test
+    if window_size is not None:
+        monkeypatch.setattr(Cypher, "window_size", f"RETURN {window_size} AS n")  # picks the read under test
+    cache = WindowCache().bind("run") if window_size is None else None  # read once, then every batch from it
     database = settings.neo4j.database
     neo4j_driver.execute_query(
         "UNWIND $rows AS r MERGE (p:TGraphAccount {id: r.payer}) MERGE (q:TGraphAccount {id: r.payee}) "
@@ -85,10 +87,10 @@ def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings
         expected = {v: reference.patterns(v) for v in ids}
         names = [s.name for s in PATTERNS.specs("node")]
         for batch in (ids, ids[:3], ids[5:]):
-            read = read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database).window
-            built = batch_input(transfers, batch, AS_OF).window
-            assert _rows(read) == _rows(built)
-            result = compute_features(read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database))
+            read = read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database, cache=cache)
+            assert _rows(read.window) == _rows(batch_input(transfers, batch, AS_OF).window)
+            assert cache is None or cache.window is not None
+            result = compute_features(read)
             for v, row in zip(batch, result.node_values, strict=True):
                 found = dict(zip(NODE_FEATURE_NAMES, row.tolist(), strict=True))
                 assert {n: found[n] for n in names} == expected[v], v

@@ -161,3 +161,17 @@ def test_empty_window() -> None:
     found = check([Transfer("old", "a", "b", 1.0, AS_OF - PATTERN_WINDOW - 5)], ["a", "b", "nobody"])
     assert not any(found[v][name] for v in found for name in NAMES)
     assert np.isfinite(list(found["a"].values())).all()
+
+
+def test_the_window_cache_holds_one_run_and_nothing_too_large() -> None:
+    from fx_workers.engine.batch import Transfers
+    from fx_workers.engine.graph import WindowCache
+
+    window = Transfers(np.array(["a", "b"]), np.array(["b", "c"]), np.array([1, 2]))
+    cache = WindowCache().bind("r1")
+    cache.keep(window)
+    assert cache.bind("r1").window is window and cache.bind("r2").window is None
+    small = WindowCache(max_bytes=window.nbytes - 1).bind("r1")
+    small.keep(window)
+    assert small.window is None
+    assert window.touching(np.array(["c"])).payer.tolist() == ["b"]
