@@ -4,9 +4,10 @@ The records are the real ones (computed by the package before the clock starts, 
 ``.npz``), so the floor writes the same bytes as ``fx extract --local``, with no computation in
 the timed part. Two writers: ``redis-cli --pipe`` with pre-encoded RESP (the server's floor) and
 redis-py (a Python client's floor). Two layouts: ``packed``, fx's (one STRING of float64 per record,
-``MSET`` in chunks as the ``BatchWriter`` sends them), and ``hash``, the layout before it (one HASH per
-record, one field per feature, ``repr`` text), kept to show the difference side by side: a writer name
-ending in ``-hash`` (``redis-cli-hash``, ``redis-py-hash``) writes it.
+``MSET`` in chunks, or per master on a cluster, as the ``BatchWriter`` sends them), and ``hash``,
+the layout before it (one HASH per record, one field per feature, ``repr`` text), kept to show the
+difference side by side: a writer name ending in ``-hash`` (``redis-cli-hash``, ``redis-py-hash``)
+writes it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fx_workers.steps.plan import lpt_batches
 from fx_workers.store.client import is_cluster, open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.records import pack_rows, packed_matrix
-from fx_workers.store.writer import CHUNK
+from fx_workers.store.writer import CHUNK, set_on_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -144,15 +145,18 @@ def write_redis_cli(settings: Settings, records: list[Record]) -> float:
 
 def write_redis_py(settings: Settings, records: list[Record]) -> float:
     """Write the records with redis-py as the ``BatchWriter`` sends them, :data:`~fx_workers.store.writer.CHUNK`
-    at a time: packed records in one ``MSET`` per chunk (a pipeline of ``SET``s on a cluster), hashes in a
-    pipeline of ``HSET``s; the seconds taken."""
+    at a time: packed records in one ``MSET`` per chunk (``SET``s packed per master on a cluster), hashes in
+    a pipeline of ``HSET``s; the seconds taken."""
     client = open_redis(settings.redis)
     cluster = is_cluster(client)
     started = time.perf_counter()
     for start in range(0, len(records), CHUNK):
         chunk = records[start : start + CHUNK]
-        if isinstance(chunk[0][1], bytes) and not cluster:
-            client.execute_command("MSET", *(part for record in chunk for part in record))
+        if isinstance(chunk[0][1], bytes):
+            if cluster:
+                set_on_cluster(client, [key for key, _ in chunk], [value for _, value in chunk])
+            else:
+                client.execute_command("MSET", *(part for record in chunk for part in record))
             continue
         pipe = client.pipeline(transaction=False)
         for key, value in chunk:

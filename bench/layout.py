@@ -11,7 +11,7 @@ other, through the write path of that layout:
 - ``packed``: today's ``BatchWriter`` (float64 little-endian per record, packed in bulk, ``MSET`` of 2,000).
 
 With ``--cluster``, the same again into a 3-master Redis Cluster of our own (``used_memory`` summed over
-the masters; the packed writer sends a pipeline of ``SET``s there, as ``MSET`` needs one slot).
+the masters; the packed writer sends ``SET``s packed per master there, as ``MSET`` needs one slot).
 
 Per layout: ``used_memory`` per account record and per transfer record (nodes written first, then the
 transfers), per account with its transfers, and the client's CPU (thread time: encoding, packing,
