@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse", action="store_true",
                         help="reuse exports of an earlier run with the same catalogue schema and data")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the docs from a results file")
     args = parser.parse_args(argv)
+    if args.render:
+        report.write(json.loads(args.render.read_text()), DOCS / "usefulness.md", DOCS / "usefulness.png")
+        return 0
     started, clock = datetime.now(UTC), time.monotonic()
     console = Console(stderr=True)
     timings: dict[str, float] = {}
@@ -185,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"usefulness: {LABELS[key]}: test F1 {np.mean(f1):.3f} ± {np.std(f1):.3f}")
         lap("models", step)
     timings["total"] = round(time.monotonic() - clock, 1)
+    timings["load_average_end"] = os.getloadavg()[0]
     document = {
         "command": " ".join(["python -m bench.usefulness", *(sys.argv[1:] if argv is None else argv)]),
         "started_at": started.isoformat(timespec="seconds"), "commit": report.commit(),
