@@ -224,6 +224,11 @@ class Reference:
             "temporal_cycles_30d": sum(_time_respecting(cycle, w30) for cycle in cycles),
             "scatter_gather_7d": sum(len(ms) >= 2 for ms in middles.values()),
         }
+        outs = [t.ts for t in w30 if t.payer == v and t.payee != v]
+        waits = [min((o - i.ts for o in outs if o > i.ts), default=None) for i in w30 if i.payee == v and i.payer != v]
+        followed = [w for w in waits if w is not None]
+        f |= {"in_to_out_min_30d": min(followed, default=0), "in_to_out_mean_30d": _mean(followed),
+              "in_followed_share_30d": _div(len(followed), len(waits))}
         return {k: float(x) for k, x in f.items()}
 
     def edge(self, t: Transfer) -> dict[str, float]:

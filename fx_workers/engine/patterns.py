@@ -30,6 +30,7 @@ from functools import cached_property
 import numpy as np
 
 from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput
+from fx_workers.engine.features import FLOW
 from fx_workers.engine.spec import FeatureGroup
 
 WEEK = 7 * 86400
@@ -277,6 +278,25 @@ class PatternContext:
         return np.bincount(key[intermediates >= 2] // self.ncodes, minlength=self.n).astype(np.float64)
 
 
+    @cached_property
+    def waits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per inflow of a batch account in the 30d window (from another account): the account's batch row,
+        and the seconds until its next outflow to another account (-1 where none follows by ``as_of``)."""
+        since = self.as_of - PATTERN_WINDOW
+        row = np.full(self.ncodes, -1)
+        row[self.accounts] = np.arange(self.n)
+        recent = (self.ts > since) & (self.payer != self.payee)
+        outs, ins = recent & (row[self.payer] >= 0), recent & (row[self.payee] >= 0)
+        stamps = np.sort((row[self.payer[outs]] << 32) | (self.ts[outs] - since))
+        owner, t = row[self.payee[ins]], self.ts[ins] - since
+        if not len(stamps):
+            return owner, np.full(len(t), -1)
+        at = np.searchsorted(stamps, (owner << 32) | t, side="right")
+        nxt = stamps[np.minimum(at, len(stamps) - 1)]
+        found = (at < len(stamps)) & ((nxt >> 32) == owner)
+        return owner, np.where(found, (nxt & 0xFFFFFFFF) - t, -1)
+
+
 PATTERNS: FeatureGroup[PatternContext] = FeatureGroup(PatternContext)
 
 
@@ -316,3 +336,28 @@ def cycles(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
                                      "later m → d, all in the 7d window"))
 def scatter_gather(c: PatternContext) -> np.ndarray:
     return c.scatter_gather
+
+
+@PATTERNS.node(FLOW, "seconds",
+               ("in_to_out_min_30d", "over v's inflows from others in the 30d window, the least time until v's next "
+                                     "outflow to another account (ts strictly later, up to as_of); 0 if none"),
+               ("in_to_out_mean_30d", "mean of that time over the inflows that have a next outflow"))
+def in_to_out(c: PatternContext) -> tuple[np.ndarray, np.ndarray]:
+    """How fast money passes through: mules forward what they receive within hours."""
+    owner, wait = c.waits
+    has = wait >= 0
+    least = np.full(c.n, np.inf)
+    np.minimum.at(least, owner[has], wait[has])
+    count = np.bincount(owner[has], minlength=c.n)
+    total = np.bincount(owner[has], weights=wait[has], minlength=c.n)
+    return np.where(count > 0, least, 0.0), np.divide(total, count, out=np.zeros(c.n), where=count > 0)
+
+
+@PATTERNS.node(FLOW, "ratio",
+               ("in_followed_share_30d", "share of v's inflows from others in the 30d window that an outflow to "
+                                         "another account follows (ts strictly later, up to as_of)"))
+def in_followed_share(c: PatternContext) -> np.ndarray:
+    owner, wait = c.waits
+    inflows = np.bincount(owner, minlength=c.n)
+    followed = np.bincount(owner[wait >= 0], minlength=c.n)
+    return np.divide(followed, inflows, out=np.zeros(c.n), where=inflows > 0)

@@ -175,3 +175,13 @@ def test_the_window_cache_holds_one_run_and_nothing_too_large() -> None:
     small.keep(window)
     assert small.window is None
     assert window.touching(np.array(["c"])).payer.tolist() == ["b"]
+
+
+def test_time_from_an_inflow_to_the_next_outflow() -> None:
+    transfers = [Transfer("i1", "a", "v", 1.0, AS_OF - 100), Transfer("same", "v", "b", 1.0, AS_OF - 100),
+                 Transfer("o1", "v", "b", 1.0, AS_OF - 95), Transfer("i2", "c", "v", 1.0, AS_OF - 50),
+                 Transfer("self", "v", "v", 1.0, AS_OF - 40), Transfer("late", "v", "b", 1.0, AS_OF + 5),
+                 Transfer("old", "d", "v", 1.0, AS_OF - PATTERN_WINDOW)]
+    found = check(transfers, ["v", "b"])["v"]
+    assert (found["in_to_out_min_30d"], found["in_to_out_mean_30d"]) == (5.0, 5.0)  # i2 has no outflow after it
+    assert found["in_followed_share_30d"] == 0.5
