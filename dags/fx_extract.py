@@ -7,7 +7,8 @@
    summary goes to XCom, never account ids.
 2. **publish** sends one extraction request per batch to `feature-extraction`, from the plan
    stored in Redis (a retry sends the same requests; Neo4j is not read again).
-3. **wait_for_workers** defers to the triggerer, which counts the workers' completion signals of
+3. **wait_for_workers** counts the signals already there (for up to 10 s); unless that settles the
+   run, it defers to the triggerer, which counts the workers' completion signals of
    this plan and logs `progress ... batches=done/total ... eta=...` lines; it fails on a failed batch
    and on `timeout_minutes`, naming the missing batches. A batch failed only by an outage (a service
    down for longer than the workers' `retry_seconds`) is sent again, up to 3 times, within the deadline.
@@ -17,8 +18,9 @@
    drift against the published run into the manifest, and logs them as a table.
 5. **verify** checks counts, a recomputed sample and sampled checksums; only then it points
    `fx:latest` at the run (readers switch atomically) and updates the `fx://node_features` asset.
-   A failed verification changes nothing readers see.
-6. **retire** deletes runs beyond `retention.runs` and failed or abandoned ones.
+   A failed verification changes nothing readers see. After publishing, it deletes runs beyond
+   `retention.runs` and failed or abandoned ones (never the one `fx:latest` names); a failure there is
+   logged and left to the next run, since readers are not affected.
 
 Params: `as_of` (epoch seconds; empty means the run's data interval end), `batch_size`,
 `timeout_minutes`. Troubleshooting: the worker logs (`.stack/logs/worker-N.log`) have one line per
@@ -27,6 +29,7 @@ batch; rejected requests are in `feature-extraction-dlq` with the reason; `fx ru
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DagRun
     from redis import Redis
 
+log = logging.getLogger(__name__)
 KAFKA, NEO4J, REDIS = "fx_kafka", "fx_neo4j", "fx_redis"
 NODE_FEATURES = Asset("fx://node_features")
 config = settings()
@@ -124,10 +128,10 @@ def fx_extract() -> None:
 
     @task(outlets=[NODE_FEATURES], retries=1)
     def verify(plan: dict[str, Any], waited: dict[str, Any]) -> str:
-        """Verify the run; only when it passes, point ``latest`` at it."""
+        """Verify the run; only when it passes, point ``latest`` at it, then retire old runs."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from fx_workers.steps.publish import conclude
+        from fx_workers.steps.publish import conclude, retire
         from fx_workers.steps.verify import verify_run
 
         client = _redis()
@@ -135,14 +139,11 @@ def fx_extract() -> None:
         conclude(config, client, report, wait_seconds=waited["seconds"])
         if not report.ok:
             raise AirflowFailException(str(report))
+        try:  # retention is housekeeping: the run is published, and the next run retires what this one left
+            retire(config, client)
+        except Exception:
+            log.warning("retiring old runs failed; the next run retries", exc_info=True)
         return str(report)
-
-    @task
-    def retire() -> list[str]:
-        """Delete runs beyond ``retention.runs``, and failed or abandoned ones."""
-        from fx_workers.steps.publish import retire as retire_runs
-
-        return retire_runs(config, _redis())
 
     planned = plan()
     publish = ProduceToTopicOperator(
@@ -158,7 +159,7 @@ def fx_extract() -> None:
                                     requests_topic=topics.requests, timeout_minutes="{{ params.timeout_minutes }}",
                                     kafka_config_id=KAFKA, retries=0)
     aggregated = aggregate(planned)
-    planned >> publish >> waited >> aggregated >> verify(planned, waited.output) >> retire()
+    planned >> publish >> waited >> aggregated >> verify(planned, waited.output)
 
 
 fx_extract()

@@ -165,32 +165,15 @@ class BatchCompletionTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from confluent_kafka import TopicPartition
-
-        self._consumer = consumer = await asyncio.to_thread(lambda: ResultsReaderHook(self.kafka_config_id).get_conn)
-        await asyncio.to_thread(
-            consumer.assign, [TopicPartition(self.topic, int(p), o) for p, o in self.start_offsets.items()]
-        )
-        progress = BatchProgress(self.run_id, self.batches, {int(b): n for b, n in self.resent.items()})
+        self._consumer = consumer = await asyncio.to_thread(self._assigned)
+        progress = self._progress()
         self.log.info("waiting for %d batches of run %s on %s from offsets %s", self.batches, self.run_id,
                       self.topic, self.start_offsets)
         logged_at, logged_done = time.monotonic(), 0
         while True:
-            for message in await asyncio.to_thread(self._locked, consumer.consume, 500, POLL_SECONDS):
-                if (counted := self._completion(message)) is not None:
-                    batch, error, transient = counted
-                    progress.add(batch, error, transient=transient)
-            if progress.failed:
-                self.log.error("run %s: batches failed: %s", self.run_id, progress.failed)
-                yield TriggerEvent(progress.event("failed"))
-                return
-            if progress.retryable:
-                self.log.warning("run %s: batches failed through an outage: %s", self.run_id, progress.retryable)
-                yield TriggerEvent({**progress.event("retry"), "deadline": self.deadline})
-                return
-            if progress.complete:
-                self.log.info(progress.line())
-                yield TriggerEvent(progress.event("done"))
+            self._count(await asyncio.to_thread(self._locked, consumer.consume, 500, POLL_SECONDS), progress)
+            if (event := self._settled(progress)) is not None:
+                yield TriggerEvent(event)
                 return
             if time.time() >= self.deadline:
                 self.log.error("run %s: timed out; missing batches %s", self.run_id, progress.missing()[:LISTED])
@@ -200,6 +183,59 @@ class BatchCompletionTrigger(BaseTrigger):
             if (changed and now - logged_at >= self.progress_seconds) or now - logged_at >= QUIET_SECONDS:
                 self.log.info(progress.line())
                 logged_at, logged_done = now, len(progress.done)
+
+    def poll(self, seconds: float) -> dict[str, Any] | None:
+        """Count, in the calling process, the signals already on the topic and those arriving within
+        ``seconds``; the event :meth:`run` would fire when they settle the run, else None (then defer).
+
+        The operator calls it before deferring: a run whose workers are already done (or nearly) skips the
+        round trip through the triggerer and the scheduler. Like :meth:`run`, it never commits.
+
+        :param seconds: how long to wait for signals; at least one read is made
+        """
+        consumer = self._assigned()
+        try:
+            progress = self._progress()
+            until = time.monotonic() + seconds
+            while True:
+                self._count(consumer.consume(500, POLL_SECONDS), progress)
+                if (event := self._settled(progress)) is not None or time.monotonic() >= until:
+                    if event is None:
+                        self.log.info("%d of %d batches of run %s done after %.1fs; deferring", len(progress.done),
+                                      self.batches, self.run_id, seconds)
+                    return event
+        finally:
+            consumer.close()
+
+    def _assigned(self) -> Consumer:
+        """A reader of the results topic, assigned at this run's start offsets."""
+        from confluent_kafka import TopicPartition
+
+        consumer = ResultsReaderHook(self.kafka_config_id).get_conn
+        consumer.assign([TopicPartition(self.topic, int(p), o) for p, o in self.start_offsets.items()])
+        return consumer
+
+    def _progress(self) -> BatchProgress:
+        return BatchProgress(self.run_id, self.batches, {int(b): n for b, n in self.resent.items()})
+
+    def _count(self, messages: list[Message], progress: BatchProgress) -> None:
+        for message in messages:
+            if (counted := self._completion(message)) is not None:
+                batch, error, transient = counted
+                progress.add(batch, error, transient=transient)
+
+    def _settled(self, progress: BatchProgress) -> dict[str, Any] | None:
+        """The event's payload when a batch failed or every batch is done, else None."""
+        if progress.failed:
+            self.log.error("run %s: batches failed: %s", self.run_id, progress.failed)
+            return progress.event("failed")
+        if progress.retryable:
+            self.log.warning("run %s: batches failed through an outage: %s", self.run_id, progress.retryable)
+            return {**progress.event("retry"), "deadline": self.deadline}
+        if progress.complete:
+            self.log.info(progress.line())
+            return progress.event("done")
+        return None
 
     def _completion(self, message: Message) -> tuple[int, str | None, bool] | None:
         """``(batch id, error or None, transient)`` when ``message`` is a signal of this run's plan, else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -43,10 +44,36 @@ def test_no_import_errors(dagbag) -> None:
 
 def test_shape(dagbag) -> None:
     dag = dagbag.dags["fx_extract"]
-    assert [t.task_id for t in dag.tasks] == ["plan", "publish", "wait_for_workers", "aggregate", "verify", "retire"]
+    assert [t.task_id for t in dag.tasks] == ["plan", "publish", "wait_for_workers", "aggregate", "verify"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert set(dag.params) == {"as_of", "batch_size", "timeout_minutes"}
     assert dag.doc_md and "wait_for_workers" in dag.doc_md
     assert dag.get_task("wait_for_workers").upstream_task_ids == {"plan", "publish"}
     assert [o.name for o in dag.get_task("verify").outlets] == ["fx://node_features"]
+
+
+def test_parsing_imports_no_engine_and_no_client() -> None:
+    """Parsing (the DAG processor's loop, and every task process's start) stays cheap: the Neo4j driver,
+    redis-py, numpy and fx's engine and store are imported by the tasks that use them, not by the parse.
+    Structural, not timed: ``python -X importtime`` of the DAG file measures it."""
+    import subprocess
+
+    code = ("import sys, fx_extract; "
+            "print(sorted(m for m in ('neo4j', 'redis', 'numpy', 'fx_workers.engine', 'fx_workers.store', "
+            "'fx_workers.steps.plan') if m in sys.modules))")
+    out = subprocess.run((sys.executable, "-c", code), cwd=ROOT / "dags", capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "plugins")})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_only_the_scheduler_warms() -> None:
+    """``plugins/airflow_local_settings.py`` imports the tasks' libraries in the scheduler only, and never
+    fx's own code (a task must plan with the catalogue the workers run, not the scheduler's stale copy)."""
+    import airflow_local_settings
+
+    assert airflow_local_settings.warm_scheduler(["/venv/bin/airflow", "triggerer"]) == []
+    assert airflow_local_settings.warm_scheduler(["-c"]) == []
+    assert set(airflow_local_settings.WARMED) >= {"airflow.providers.redis.hooks.redis",
+                                                   "airflow.providers.neo4j.hooks.neo4j"}
+    assert not [m for m in airflow_local_settings.WARMED if m.startswith(("fx_workers", "fx_airflow"))]

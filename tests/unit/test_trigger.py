@@ -151,11 +151,17 @@ def test_progress_line() -> None:
     assert "batches=1/4 (25%)" in progress.line()
 
 
+def already_there(*signals: CompletionSignal) -> mock._patch:
+    """The signals on the results topic when the operator counts them before deferring."""
+    consumer = FakeConsumer([FakeMessage(s) for s in signals])
+    return mock.patch.object(BatchCompletionTrigger, "_assigned", return_value=consumer)
+
+
 def test_operator_defers_and_completes() -> None:
     plan = {"run_id": KWARGS["run_id"], "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
     operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed",
-                                      requests_topic="feature-extraction", timeout_minutes=5)
-    with mock.patch.object(operator, "defer") as defer:
+                                      requests_topic="feature-extraction", timeout_minutes=5, poll_seconds=0)
+    with mock.patch.object(operator, "defer") as defer, already_there(signal(0), signal(1)):
         operator.execute({})
     trigger = defer.call_args.kwargs["trigger"]
     assert trigger.serialize()[1]["start_offsets"] == KWARGS["start_offsets"]
@@ -169,6 +175,21 @@ def test_operator_defers_and_completes() -> None:
         operator.execute_complete({}, failed.event("failed"))
 
 
+def test_operator_does_not_defer_when_every_batch_already_signalled() -> None:
+    plan = {"run_id": KWARGS["run_id"], "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
+    operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed",
+                                      requests_topic="feature-extraction", timeout_minutes=5)
+    with mock.patch.object(operator, "defer") as defer, already_there(signal(0), signal(2), signal(1), signal(0)):
+        event = operator.execute({})
+    defer.assert_not_called()
+    assert (event["status"], event["done"], event["total"]) == ("done", 3, 3)
+
+    with (mock.patch.object(operator, "defer") as defer, already_there(signal(0), signal(1, BatchStatus.FAILED)),
+          pytest.raises(BatchesFailedError, match="failed batches")):
+        operator.execute({})
+    defer.assert_not_called()
+
+
 def retry_event(failures: int, deadline: float) -> dict:
     progress = BatchProgress("r", total=3, resent={1: failures - 1})
     for _ in range(failures):
@@ -179,10 +200,12 @@ def retry_event(failures: int, deadline: float) -> dict:
 def test_operator_sends_outage_failures_again_within_budget_and_deadline() -> None:
     plan = {"run_id": "r", "fingerprint": PLAN, "batches": 3, "start_offsets": KWARGS["start_offsets"]}
     operator = WaitForBatchesOperator(task_id="wait", plan=plan, topic="features-computed",
-                                      requests_topic="feature-extraction", timeout_minutes=5)
+                                      requests_topic="feature-extraction", timeout_minutes=5, poll_seconds=0)
     deadline = time.time() + 60
     with (mock.patch.object(operator, "defer", side_effect=TaskDeferred(trigger=None, method_name="")) as defer,
-          mock.patch.object(operator, "_resend") as resend, pytest.raises(TaskDeferred)):
+          mock.patch.object(operator, "_resend") as resend,
+          already_there(signal(1, BatchStatus.FAILED, transient=True)),
+          pytest.raises(TaskDeferred)):
         operator.execute_complete({}, retry_event(1, deadline))
     resend.assert_called_once_with([1])
     trigger = defer.call_args.kwargs["trigger"].serialize()[1]
