@@ -196,10 +196,10 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
         if not window:
             return out, inc, nb, Transfers(as_array([], str), as_array([], str), as_array([], np.int64))
         near = np.unique(np.concatenate([e.other[e.ts > params["since"]] for e in (out, inc)]))
-        at = np.isin(as_array(nb["ids"], str), near)
-        ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
         if cache is not None and cache.window is not None:
             return out, inc, nb, cache.window.touching(near)
+        at = np.isin(as_array(nb["ids"], str), near)
+        ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
         size = tx.run(cypher.window_size, params).single(strict=True)["n"]
         if size <= ball or (cache is not None and size <= cache.max_rows):
             whole = _transfers(tx.run(cypher.window_all, params).single(strict=True))

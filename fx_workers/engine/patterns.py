@@ -65,6 +65,7 @@ class WindowGraph:
     """
 
     ncodes: int
+    keys: np.ndarray  # src * ncodes + dst, ascending
     src: np.ndarray
     dst: np.ndarray
     first: np.ndarray
@@ -80,11 +81,7 @@ class WindowGraph:
         order = np.lexsort((ts, key))
         key, ts = key[order], ts[order]
         edges, first, count = np.unique(key, return_index=True, return_counts=True)
-        return cls(ncodes, edges // ncodes, edges % ncodes, first, count, ts, since)
-
-    @cached_property
-    def keys(self) -> np.ndarray:
-        return self.src * self.ncodes + self.dst
+        return cls(ncodes, edges, edges // ncodes, edges % ncodes, first, count, ts, since)
 
     @cached_property
     def out_start(self) -> np.ndarray:
