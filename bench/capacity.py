@@ -59,8 +59,8 @@ from fx_workers.engine.catalogue import SCHEMA_VERSION, compute_features
 from fx_workers.engine.extract import read_graph
 from fx_workers.engine.graph import Cypher, open_driver, read_accounts
 from fx_workers.protocol import PRODUCER_CONFIG, READER_CONFIG, ExtractionRequest
-from fx_workers.steps.compute import write_batch
 from fx_workers.steps.plan import lpt_batches
+from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.writer import BatchWriter
@@ -335,7 +335,7 @@ def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], a
     request = ExtractionRequest(run_id="capacity", plan="0" * 16, batch_id=0, batches=1, as_of=as_of,
                                 schema_version=SCHEMA_VERSION, ids=ids)
     client = open_redis(settings.redis)
-    signal = write_batch(BatchWriter(client, RedisKeys(settings.redis.prefix).of_run("capacity")), request, features)
+    signal = RedisSink(client, RedisKeys(settings.redis.prefix)).write(request, features)
     clear_prefix(client, settings.redis.prefix)
     payload = signal.encode()
     kafka = {"bootstrap.servers": settings.kafka.bootstrap_servers}

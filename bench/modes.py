@@ -21,8 +21,8 @@ from unittest import mock
 import redis.client
 
 import fx_workers.engine.catalogue
-import fx_workers.steps.compute
 import fx_workers.steps.local
+import fx_workers.steps.write
 import fx_workers.store.writer
 from bench.dag import run_dag
 from bench.distributed import run_distributed
@@ -43,7 +43,7 @@ LOCAL_PHASES = [
     (fx_workers.engine.catalogue.Catalogue, "compute", "compute"),
     (fx_workers.store.writer.BatchWriter, "write", "write: encode"),
     (redis.client.Pipeline, "execute", "write: redis"),
-    (fx_workers.steps.compute, "part_stats", "stats"),
+    (fx_workers.steps.write, "part_stats", "stats"),
     (fx_workers.steps.local, "record_aggregate", "aggregate"),
     (fx_workers.steps.local, "verify_run", "verify"),
     (fx_workers.steps.local, "conclude", "publish"),

@@ -16,13 +16,12 @@ from fx_workers.engine.graph import WindowCache, open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.aggregate import Tally, record_aggregate
-from fx_workers.steps.compute import write_batch
 from fx_workers.steps.plan import make_plan
 from fx_workers.steps.publish import conclude, retire
 from fx_workers.steps.verify import VerifyReport, verify_run
+from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
-from fx_workers.store.writer import BatchWriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +73,7 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
     started = time.perf_counter()
     with open_driver(settings.neo4j) as driver:
         plan, batches = make_plan(driver, client, settings, as_of=as_of, batch_size=batch_size, mode="local")
-        writer = BatchWriter(client, RedisKeys(settings.redis.prefix).of_run(plan.run_id))
+        sink = RedisSink(client, RedisKeys(settings.redis.prefix))
         tally, compute, windows = Tally(plan), catalogue_of(settings).compute, WindowCache().bind(plan.run_id)
         with progress("extracting", plan.accounts) as advance:
             def read(item: tuple[int, list[str]]) -> BatchInput:
@@ -84,7 +83,7 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
                 request = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=batch_id,
                                             batches=plan.batches, as_of=as_of, schema_version=plan.schema_version,
                                             ids=ids)
-                tally.add(write_batch(writer, request, compute(graph)))
+                tally.add(sink.write(request, compute(graph)))
                 advance(len(ids))
     seconds = time.perf_counter() - started
     summary = record_aggregate(settings, client, plan, tally)

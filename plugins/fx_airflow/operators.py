@@ -104,14 +104,14 @@ class WaitForBatchesOperator(BaseOperator):
 
         from fx_workers.config import settings
         from fx_workers.steps.plan import request_messages
-        from fx_workers.steps.topics import fail_on_delivery_error
+        from fx_workers.worker.transport import DeliveryError, deliver
 
         self.log.warning("run %s: sending %d batches again after an outage: %s", self.plan["run_id"], len(batches),
                          batches[:50])
-        producer = KafkaProducerHook(self.kafka_config_id).get_producer()
-        for key, value in request_messages(RedisHook(self.redis_config_id).get_conn(), settings(), self.plan, batches):
-            producer.produce(self.requests_topic, key=key, value=value, on_delivery=fail_on_delivery_error)
-            producer.poll(0)
-        if undelivered := producer.flush(30):
-            raise BatchesFailedError(f"run {self.plan['run_id']}: {undelivered} requests sent again were not "
-                                     f"delivered to {self.requests_topic} within 30 s")
+        requests = request_messages(RedisHook(self.redis_config_id).get_conn(), settings(), self.plan, batches)
+        try:
+            deliver(KafkaProducerHook(self.kafka_config_id).get_producer(),
+                    [(self.requests_topic, key, value, []) for key, value in requests], timeout=30)
+        except DeliveryError as exc:
+            raise BatchesFailedError(f"run {self.plan['run_id']}: requests sent again to {self.requests_topic} "
+                                     f"were not delivered: {exc}") from exc

@@ -1,6 +1,6 @@
 """A restart of the only broker does not fence the workers' consumers: a private single-node Kafka
 next to the stack is SIGKILLed and started again by ``stackctl up`` while two consumers built by
-``Worker._consumer`` hold uncommitted messages, as workers inside a batch do; their commits after the
+``new_consumer`` hold uncommitted messages, as workers inside a batch do; their commits after the
 restart must not come back ``FENCED_INSTANCE_ID`` (fatal to a static member, which then had to be
 rebuilt). With ``session.timeout.ms`` 10 s, both were fenced (docs/operations.md)."""
 
@@ -15,7 +15,7 @@ import psutil
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from fx_workers.config import load_settings
-from fx_workers.worker import Worker
+from fx_workers.worker.transport import new_consumer
 from tests.scale.conftest import free_ports, import_stackctl
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def test_a_broker_restart_does_not_fence_the_workers(tmp_path: Path, settings: S
         for key in range(4 * own.kafka.partitions.requests):
             producer.produce(own.kafka.topics.requests, key=str(key).encode(), value=b"request")
         assert producer.flush(30) == 0
-        consumers = [Worker(own, str(i))._consumer() for i in range(2)]
+        consumers = [new_consumer(own, str(i)) for i in range(2)]
         deadline = time.monotonic() + 60
         held = [first_message(consumer, deadline) for consumer in consumers]
 

@@ -1,45 +1,77 @@
-"""The worker loop's rules without a broker: retry budget, health, and that no message can crash it."""
+"""The worker without a broker, Neo4j or Redis: the job with a fake graph and sink, the loop with a fake
+transport, the retry budget and the Kafka rules."""
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
+import redis
 
 from fx_workers.config import load_settings
-from fx_workers.worker import DeliveryError, Worker, is_transient, retry_delays
+from fx_workers.engine.stats import part_stats
+from fx_workers.protocol import BatchStatus, CompletionSignal, ExtractionRequest
+from fx_workers.worker import Worker
+from fx_workers.worker.health import MAX_POLL_INTERVAL_SECONDS, QUIET_POLL_SECONDS, is_alive
+from fx_workers.worker.job import Outcome, handle, is_transient, retry_delays
+from fx_workers.worker.transport import DeliveryError, consumer_config, is_fatal, log_assignment
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SCHEMA = "s1"
 
 
-def test_retry_delays_double_up_to_the_cap_within_the_budget() -> None:
-    assert list(retry_delays(1, 0)) == []
-    assert list(retry_delays(1, 10)) == [1, 2, 4]
-    delays = list(retry_delays(1, 180))
-    assert delays[:5] == [1, 2, 4, 8, 15] and set(delays[4:]) == {15} and sum(delays) <= 180
-    assert sum(delays) > 180 - 15  # the budget is used: a service restart of a minute or two is outlasted
+def request(batch_id: int, run_id: str = "run1", schema: str = SCHEMA) -> ExtractionRequest:
+    return ExtractionRequest(run_id=run_id, plan="0123456789abcdef", batch_id=batch_id, batches=100, as_of=1,
+                             schema_version=schema, ids=[f"A{batch_id}", f"B{batch_id}"])
 
 
-def test_transient_errors_are_service_outages() -> None:
-    import redis
-    from neo4j.exceptions import ServiceUnavailable
+class FakeGraph:
+    """Features of one column per account; ``failures`` are raised first, one per read."""
 
-    assert is_transient(ServiceUnavailable("neo4j restarting"))
-    assert is_transient(redis.ConnectionError("refused")) and is_transient(redis.BusyLoadingError("loading"))
-    assert is_transient(DeliveryError("not acknowledged"))
-    assert not is_transient(ValueError("a bug")) and not is_transient(KeyError("x"))
+    schema_version = SCHEMA
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.reads: list[int] = []
+
+    def read(self, req: ExtractionRequest) -> Any:
+        self.reads.append(req.batch_id)
+        if self.failures:
+            raise self.failures.pop(0)
+        return SimpleNamespace(node_ids=np.array(req.ids), node_values=np.ones((len(req.ids), 1)),
+                               tx_ids=np.array([], dtype=str), edge_values=np.zeros((0, 1)))
 
 
-def test_health_goes_stale_when_the_loop_stops_polling() -> None:
-    worker = Worker(load_settings(), "w")
-    assert worker.consuming()
-    worker._polled = time.monotonic() - 60
-    assert not worker.consuming()
-    worker.stats.current = "run/3"  # a long batch is still progress
-    assert worker.consuming()
+class FakeSink:
+    """Refuses by ``refuse`` (which may raise); ``write`` records the batch after ``before_write`` returns."""
+
+    def __init__(self, refuse: Callable[[ExtractionRequest], str | None] = lambda req: None,
+                 before_write: Callable[[ExtractionRequest], None] = lambda req: None) -> None:
+        self.refuse = refuse
+        self.before_write = before_write
+        self.written: list[int] = []
+
+    def refusal(self, req: ExtractionRequest) -> str | None:
+        return self.refuse(req)
+
+    def write(self, req: ExtractionRequest, features: Any, *, attempt: int = 1, worker_id: str = "",
+              timings_ms: dict[str, float] | None = None) -> CompletionSignal:
+        self.before_write(req)
+        self.written.append(req.batch_id)
+        return CompletionSignal(run_id=req.run_id, plan=req.plan, batch_id=req.batch_id, status=BatchStatus.OK,
+                                attempt=attempt, worker_id=worker_id, accounts=len(features.node_ids),
+                                checksum="0" * 32, nodes=part_stats(features.node_values),
+                                edges=part_stats(features.edge_values),
+                                timings_ms={**(timings_ms or {}), "write": 0.0, "stats": 0.0})
 
 
 class Message:
-    def __init__(self, value: bytes | None) -> None:
-        self._value = value
+    def __init__(self, value: bytes | None, offset: int) -> None:
+        self._value, self._offset = value, offset
 
     def value(self) -> bytes | None:
         return self._value
@@ -54,45 +86,168 @@ class Message:
         return 0
 
     def offset(self) -> int:
-        return 41
+        return self._offset
+
+
+class FakeTransport:
+    """One partition: polls in offset order, rewinds by seeking back; ``fail_send`` raises on sends."""
+
+    def __init__(self, values: list[bytes | None], fail_send: Any = None) -> None:
+        self.log = [Message(value, offset) for offset, value in enumerate(values)]
+        self.position = 0
+        self.fail_send = fail_send
+        self.sent: list[tuple[str, bytes]] = []
+        self.committed: list[int] = []
+        self.rewound: list[list[int]] = []
+
+    def poll(self, timeout: float) -> Message | None:
+        if self.position >= len(self.log):
+            return None
+        self.position += 1
+        return self.log[self.position - 1]
+
+    def send(self, messages: list, run_id: str | None = None) -> None:
+        if self.fail_send is not None:
+            self.fail_send()
+        self.sent += [(topic, value) for topic, _key, value, _headers in messages]
+
+    def commit(self, message: Message) -> None:
+        assert message.offset() == (self.committed[-1] + 1 if self.committed else 0), "commits out of order"
+        self.committed.append(message.offset())
+
+    def rewind(self, *messages: Message) -> None:
+        self.rewound.append([m.offset() for m in messages])
+        self.position = min(m.offset() for m in messages)
+
+    def signal(self, signal: CompletionSignal) -> tuple:
+        return "results", None, signal.encode(), []
+
+    def dead_letter(self, message: Message, reason: str, req: ExtractionRequest | None = None) -> tuple:
+        return "dlq", message.key(), reason.encode(), []
+
+
+def consume(transport: FakeTransport, graph: FakeGraph, sink: FakeSink, **kwargs: Any) -> Worker:
+    worker = Worker(load_settings(), "w", **kwargs)
+    worker.consume(transport, graph, sink)  # type: ignore[arg-type]
+    return worker
+
+
+def test_retry_delays_double_up_to_the_cap_within_the_budget() -> None:
+    assert list(retry_delays(1, 0)) == []
+    assert list(retry_delays(1, 10)) == [1, 2, 4]
+    delays = list(retry_delays(1, 180))
+    assert delays[:5] == [1, 2, 4, 8, 15] and set(delays[4:]) == {15} and sum(delays) <= 180
+    assert sum(delays) > 180 - 15  # the budget is used: a service restart of a minute or two is outlasted
+
+
+def test_transient_errors_are_service_outages() -> None:
+    from neo4j.exceptions import ServiceUnavailable
+
+    assert is_transient(ServiceUnavailable("neo4j restarting"))
+    assert is_transient(redis.ConnectionError("refused")) and is_transient(redis.BusyLoadingError("loading"))
+    assert is_transient(DeliveryError("not acknowledged"))
+    assert not is_transient(ValueError("a bug")) and not is_transient(KeyError("x"))
+
+
+def test_health_goes_stale_when_the_loop_stops_polling() -> None:
+    assert is_alive(0, None) and not is_alive(QUIET_POLL_SECONDS, None)
+    assert is_alive(QUIET_POLL_SECONDS, "run/3")  # a long batch is still progress
+    assert not is_alive(MAX_POLL_INTERVAL_SECONDS, "run/3")
+
+
+def test_a_batch_is_read_written_and_proved() -> None:
+    sink = FakeSink()
+    outcome = handle(request(3), FakeGraph(), sink, worker_id="w")
+    assert outcome.dead_letter is None and sink.written == [3]
+    assert outcome.signal is not None
+    assert (outcome.signal.status, outcome.signal.accounts, outcome.signal.attempt) == (BatchStatus.OK, 2, 1)
+    assert outcome.signal.worker_id == "w" and "extract" in outcome.signal.timings_ms
+
+
+@pytest.mark.parametrize(("refusal", "expected"), [("forged", Outcome(dead_letter="forged")), ("", Outcome())])
+def test_a_refused_request_is_neither_read_nor_written(refusal: str, expected: Outcome) -> None:
+    graph, sink = FakeGraph(), FakeSink(lambda req: refusal)
+    assert handle(request(0), graph, sink) == expected
+    assert graph.reads == [] and sink.written == []
+
+
+def test_a_request_of_another_catalogue_fails_by_name_without_a_read() -> None:
+    graph = FakeGraph()
+    outcome = handle(request(0, schema="old"), graph, FakeSink())
+    assert outcome.signal is not None and outcome.signal.status is BatchStatus.FAILED
+    assert outcome.dead_letter == outcome.signal.error == "schema_version must be s1 (this worker's catalogue). Got old"
+    assert graph.reads == []
+
+
+def test_an_outage_is_retried_after_each_delay_and_fails_transient_when_they_run_out() -> None:
+    paused: list[float] = []
+    outcome = handle(request(0), FakeGraph(redis.ConnectionError("down")), FakeSink(), delays=[1.0, 2.0],
+                     pause=paused.append)
+    assert outcome.signal is not None and (outcome.signal.status, outcome.signal.attempt) == (BatchStatus.OK, 2)
+    assert paused == [1.0]
+
+    outcome = handle(request(0), FakeGraph(*[redis.ConnectionError("down")] * 3), FakeSink(), delays=[1.0, 2.0],
+                     pause=paused.append)
+    assert outcome.signal is not None and outcome.signal.status is BatchStatus.FAILED and outcome.signal.transient
+    assert outcome.signal.attempt == 3 and paused == [1.0, 1.0, 2.0]
+    assert "ConnectionError: down (attempt 3)" in (outcome.dead_letter or "")
+
+
+def test_a_bug_fails_the_batch_at_once() -> None:
+    paused: list[float] = []
+    outcome = handle(request(0), FakeGraph(ValueError("a bug")), FakeSink(), delays=[1.0], pause=paused.append)
+    assert outcome.signal is not None and outcome.signal.status is BatchStatus.FAILED
+    assert not outcome.signal.transient and paused == []
 
 
 @pytest.mark.parametrize("value", [None, b"", b"\xff" * 10, b"{" * 100_000, b'{"v": 2, "kind": "request"}'])
-def test_a_message_that_cannot_be_handled_is_dead_lettered_not_raised(value: bytes | None) -> None:
-    worker = Worker(load_settings(), "w")
-    produced: list = []
-    worker._produce = lambda producer, messages, run_id=None: produced.extend(messages)  # type: ignore[method-assign]
-    assert worker._process(Message(value), driver=None, redis=None, producer=None)  # type: ignore[arg-type]
-    assert [m[0] for m in produced] == ["feature-extraction-dlq"] and worker.stats.dead_letters == 1
+def test_a_message_that_cannot_be_handled_is_dead_lettered_and_committed(value: bytes | None) -> None:
+    transport = FakeTransport([value])
+    worker = consume(transport, FakeGraph(), FakeSink(), max_messages=1)
+    assert [topic for topic, _ in transport.sent] == ["dlq"] and transport.committed == [0]
+    assert worker.stats.dead_letters == 1
 
 
 def test_an_unexpected_error_is_dead_lettered_and_an_outage_is_read_again() -> None:
-    worker = Worker(load_settings(), "w")
-    produced: list = []
-    worker._produce = lambda producer, messages, run_id=None: produced.extend(messages)  # type: ignore[method-assign]
-
-    def broken(*args: object) -> None:
+    def bug(req: ExtractionRequest) -> None:
         raise RuntimeError("a bug")
 
-    worker._handle = broken  # type: ignore[method-assign]
-    assert worker._process(Message(b"x"), None, None, None)  # type: ignore[arg-type]
-    assert b"unexpected error: RuntimeError: a bug" in produced[0][2]
+    transport = FakeTransport([request(0).encode()])
+    consume(transport, FakeGraph(), FakeSink(bug), max_messages=1)
+    assert transport.sent == [("dlq", b"unexpected error: RuntimeError: a bug")] and transport.committed == [0]
 
-    def outage(*args: object) -> None:
-        import redis
+    worker = Worker(load_settings(), "w")
 
+    def outage(req: ExtractionRequest) -> None:
+        worker.stop()  # no pause in the test: the loop ends after the rewind
         raise redis.ConnectionError("redis restarting")
 
-    worker._handle = outage  # type: ignore[method-assign]
-    worker._stopping.set()  # no pause in the test
-    assert not worker._process(Message(b"x"), None, None, None)  # type: ignore[arg-type]
-    assert len(produced) == 1
+    transport = FakeTransport([request(0).encode()])
+    worker.consume(transport, FakeGraph(), FakeSink(outage))  # type: ignore[arg-type]
+    assert transport.sent == [] and transport.committed == [] and transport.rewound == [[0]]
+
+
+def test_no_more_than_max_messages_are_taken() -> None:
+    transport = FakeTransport([request(i).encode() for i in range(5)])
+    consume(transport, FakeGraph(), FakeSink(), max_messages=2)
+    assert transport.committed == [0, 1] and transport.position == 2
+
+
+def test_a_batch_not_delivered_is_read_again() -> None:
+    worker = Worker(load_settings(), "w")
+
+    def broker_down_at_batch_1() -> None:
+        if len(transport.committed) == 1:
+            worker.stop()  # no pause in the test: the loop ends after the rewind
+            raise DeliveryError("not acknowledged")
+
+    transport = FakeTransport([request(i).encode() for i in range(4)], fail_send=broker_down_at_batch_1)
+    worker.consume(transport, FakeGraph(), FakeSink())  # type: ignore[arg-type]
+    assert transport.committed == [0] and transport.rewound == [[1]] and transport.position == 1
 
 
 def test_a_fenced_static_member_is_fatal() -> None:
     from confluent_kafka import KafkaError
-
-    from fx_workers.worker import is_fatal
 
     assert is_fatal(KafkaError(KafkaError._FATAL, "Fatal error: Static consumer fenced"))
     assert is_fatal(KafkaError(KafkaError.FENCED_INSTANCE_ID, "Commit failed"))
@@ -103,10 +258,9 @@ def test_a_fenced_static_member_is_fatal() -> None:
 def test_a_worker_without_a_partition_warns_that_it_sits_idle(caplog: pytest.LogCaptureFixture) -> None:
     from confluent_kafka import TopicPartition
 
-    worker = Worker(load_settings(), "w")
-    with caplog.at_level("INFO", logger="fx_workers.worker"):
-        worker._log_assignment(None, [TopicPartition("feature-extraction", 1)])  # type: ignore[arg-type]
-        worker._log_assignment(None, [])  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="fx_workers.worker.transport"):
+        log_assignment(load_settings(), "w", [TopicPartition("feature-extraction", 1)])
+        log_assignment(load_settings(), "w", [])
     first, second = caplog.records
     assert (first.levelname, first.getMessage()) == ("INFO", "worker w assigned partitions [1]")
     assert second.levelname == "WARNING"
@@ -114,22 +268,9 @@ def test_a_worker_without_a_partition_warns_that_it_sits_idle(caplog: pytest.Log
     assert "more workers than its 4 partitions (kafka.partitions.requests)" in second.getMessage()
 
 
-def test_a_static_member_outlasts_a_broker_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_static_member_outlasts_a_broker_restart() -> None:
     """With 10 s librdkafka gave its membership up during a broker restart (15-40 s on the stack) and the
     next commit was fenced (FENCED_INSTANCE_ID), so both workers rebuilt their consumers every time."""
-    import confluent_kafka
-
-    configs: list[dict] = []
-
-    class Recorder:
-        def __init__(self, config: dict) -> None:
-            configs.append(config)
-
-        def subscribe(self, topics: list[str], on_assign: object = None) -> None:
-            pass
-
-    monkeypatch.setattr(confluent_kafka, "Consumer", Recorder)
-    Worker(load_settings(), "7")._consumer()
-    [config] = configs
-    assert config["group.instance.id"] == "fx-worker-7"
+    config = consumer_config(load_settings(), "7")
+    assert config["group.instance.id"] == "fx-worker-7" and config["enable.auto.commit"] is False
     assert config["session.timeout.ms"] == 45_000  # Kafka's default; a broker's group.max.session.timeout.ms is 30 min
