@@ -1,9 +1,11 @@
 """The worker's loop, as rq's ``work()``: check stop, poll, handle, send the outcome, commit, repeat.
 
 At least once: an offset is committed only after the broker acknowledged its outcome (a signal, a dead
-letter), so a worker killed mid-batch leaves it to be redelivered and rewritten with the same bytes. The
-first SIGTERM/SIGINT is a warm stop (finish the current batch), the second a cold stop (abandon it
-uncommitted).
+letter), so a worker killed mid-batch leaves it to be redelivered and rewritten with the same bytes.
+While a batch is written, the next request, if already fetched and of the run this worker just
+computed (so a stale or forged one is still refused before any read), is read on the read thread; it is
+committed after the current one, and rewound with it, so nothing read ahead is ever skipped. The first
+SIGTERM/SIGINT is a warm stop (finish what was taken), the second a cold stop (abandon it uncommitted).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.worker.health import WorkerStats, is_alive, record_health
 from fx_workers.worker.job import MAX_BACKOFF_SECONDS, Outcome, handle, is_transient, retry_delays
-from fx_workers.worker.reads import Neo4jGraph
+from fx_workers.worker.reads import Neo4jGraph, Prefetched, ReadAhead
 from fx_workers.worker.transport import DeliveryError, KafkaTransport
 
 if TYPE_CHECKING:
@@ -72,10 +74,12 @@ class Worker:
         self.handled = 0
         self._polled = time.monotonic()
         """When the loop last polled; the health key is only refreshed while this is recent."""
+        self._computed: tuple[str, str] | None = None
+        """The run and plan of the last batch computed: only their requests are read ahead."""
         self._stopping = threading.Event()
 
     def stop(self) -> None:
-        """Warm stop: finish the current batch, then leave the loop."""
+        """Warm stop: finish what was taken, then leave the loop."""
         self._stopping.set()
 
     def consuming(self) -> bool:
@@ -92,7 +96,7 @@ class Worker:
         # the driver's 30 s of retries inside every managed transaction would stretch it many times over.
         driver = open_driver(self.settings.neo4j, max_transaction_retry_time=0)
         redis = open_redis(self.settings.redis)
-        graph = Neo4jGraph(driver, self.settings)
+        reads = ReadAhead(Neo4jGraph(driver, self.settings))
         health = threading.Thread(target=record_health, name="health", daemon=True, args=(
             redis, self.keys.worker_health(self.worker_id), self.stats, lambda: time.monotonic() - self._polled,
             self._stopping))
@@ -100,37 +104,48 @@ class Worker:
         log.info("worker %s started: group=%s topic=%s", self.worker_id, self.settings.kafka.consumer_group,
                  self.settings.kafka.topics.requests)
         try:
-            self.consume(transport, graph, RedisSink(redis, self.keys))
+            self.consume(transport, reads, RedisSink(redis, self.keys))
         except ColdStopError:
             log.warning("cold stop: abandoning batch %s uncommitted", self.stats.current)
         finally:
             self._stopping.set()
+            reads.close()
             transport.close()
             driver.close()
             health.join()
             log.info("worker %s stopped after %d messages: %s", self.worker_id, self.handled, asdict(self.stats))
 
-    def consume(self, transport: KafkaTransport, graph: GraphReader, sink: FeatureSink) -> None:
+    def consume(self, transport: KafkaTransport, reads: ReadAhead, sink: FeatureSink) -> None:
         """Take, conclude and commit messages with these parts until stopped or ``max_messages``."""
-        while not self._stopping.is_set() and (self.max_messages is None or self.handled < self.max_messages):
-            polled = self._take(transport.poll(1.0), graph)
-            if polled is None:
+        queued: Polled | None = None
+        while queued is not None or self._may_take(0):
+            current, queued = queued or self._take(transport.poll(1.0), reads), None
+            if current is None:
                 continue
-            if self._process(polled, transport, sink):
-                transport.commit(polled.message)
+            if isinstance(current.graph, Prefetched) and self._may_take(1):  # behind a read already started
+                queued = self._take(transport.poll(0), reads)
+            if self._process(current, transport, sink):
+                transport.commit(current.message)
                 self.handled += 1
             else:
-                transport.rewind(polled.message)
+                transport.rewind(*(p.message for p in (current, queued) if p is not None))
+                queued = None
 
-    def _take(self, message: Message | None, graph: GraphReader) -> Polled | None:
-        """Decode ``message``."""
+    def _may_take(self, taken: int) -> bool:
+        """Whether another message may be taken beside ``taken`` not yet concluded."""
+        return not self._stopping.is_set() and (self.max_messages is None or self.handled + taken < self.max_messages)
+
+    def _take(self, message: Message | None, reads: ReadAhead) -> Polled | None:
+        """Decode ``message``; begin reading its batch now if it belongs to the run being computed."""
         self._polled = time.monotonic()
         if message is None:
             return None
         try:
-            return Polled(message, ExtractionRequest.decode(message.value() or b""), graph)
+            request = ExtractionRequest.decode(message.value() or b"")
         except MessageError as exc:
-            return Polled(message, None, graph, error=str(exc))
+            return Polled(message, None, reads, error=str(exc))
+        ahead = (request.run_id, request.plan) == self._computed and request.schema_version == reads.schema_version
+        return Polled(message, request, reads.start(request) if ahead else reads)
 
     def _process(self, polled: Polled, transport: KafkaTransport, sink: FeatureSink) -> bool:
         """Conclude one message whatever it holds; False when it must be read again (nothing was concluded)."""
@@ -175,6 +190,7 @@ class Worker:
         transport.send(messages, run_id=polled.request.run_id if polled.request else None)
         self.stats.count(done, dead_letters=outcome.dead_letter is not None)
         if done is not None and done.status is BatchStatus.OK:
+            self._computed = done.run_id, done.plan
             log.info("batch done run=%s batch=%d accounts=%d transfers=%d extract_ms=%.0f write_ms=%.0f "
                      "stats_ms=%.0f signal_ms=%.0f attempt=%d", done.run_id, done.batch_id, done.accounts,
                      done.transfers, done.timings_ms["extract"], done.timings_ms["write"], done.timings_ms["stats"],

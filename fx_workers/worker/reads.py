@@ -1,18 +1,28 @@
-"""A worker's reads of the graph: the :class:`~fx_workers.worker.job.GraphReader` of Neo4j."""
+"""A worker's reads of the graph, on one thread of their own, so the next batch's Neo4j read runs while
+the current batch is written to Redis (as ``fx extract --local`` does).
+
+Every read runs on that one thread, retries included, in the order they were asked for: the run's
+pattern window cache is then never shared between threads, and never sees another order of runs
+than the loop's.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from fx_workers.engine.extract import catalogue_of, extract_batch
 from fx_workers.engine.graph import WindowCache
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from neo4j import Driver
 
     from fx_workers.config import Settings
     from fx_workers.engine.batch import BatchFeatures
     from fx_workers.protocol import ExtractionRequest
+    from fx_workers.worker.job import GraphReader
 
 
 class Neo4jGraph:
@@ -28,3 +38,36 @@ class Neo4jGraph:
     def read(self, request: ExtractionRequest) -> BatchFeatures:
         return extract_batch(self.driver, self.settings, request.ids, request.as_of,
                              self.windows.bind(request.run_id))
+
+
+class ReadAhead:
+    """A :class:`GraphReader` whose reads run on its thread; :meth:`start` begins one before it is needed."""
+
+    def __init__(self, graph: GraphReader) -> None:
+        self.graph = graph
+        self.schema_version = graph.schema_version
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fx-read")
+
+    def start(self, request: ExtractionRequest) -> Prefetched:
+        """Begin reading ``request``'s batch now; the returned reader gives it to the job."""
+        return Prefetched(self, self._pool.submit(self.graph.read, request))
+
+    def read(self, request: ExtractionRequest) -> BatchFeatures:
+        return self._pool.submit(self.graph.read, request).result()
+
+    def close(self) -> None:
+        """Drop the reads not begun yet; one running ends with the driver's close."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Prefetched:
+    """A :class:`GraphReader` for one request whose read began ahead; a retry reads it again."""
+
+    def __init__(self, reads: ReadAhead, future: Future[BatchFeatures]) -> None:
+        self.schema_version = reads.schema_version
+        self._reads = reads
+        self._future: Future[BatchFeatures] | None = future
+
+    def read(self, request: ExtractionRequest) -> BatchFeatures:
+        future, self._future = self._future, None
+        return future.result() if future is not None else self._reads.read(request)

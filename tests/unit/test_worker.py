@@ -1,8 +1,9 @@
 """The worker without a broker, Neo4j or Redis: the job with a fake graph and sink, the loop with a fake
-transport, the retry budget and the Kafka rules."""
+transport (commits in order, a read ahead rewound with its batch), the retry budget and the Kafka rules."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from fx_workers.protocol import BatchStatus, CompletionSignal, ExtractionRequest
 from fx_workers.worker import Worker
 from fx_workers.worker.health import MAX_POLL_INTERVAL_SECONDS, QUIET_POLL_SECONDS, is_alive
 from fx_workers.worker.job import Outcome, handle, is_transient, retry_delays
+from fx_workers.worker.reads import ReadAhead
 from fx_workers.worker.transport import DeliveryError, consumer_config, is_fatal, log_assignment
 
 if TYPE_CHECKING:
@@ -36,10 +38,12 @@ class FakeGraph:
 
     def __init__(self, *failures: Exception) -> None:
         self.failures = list(failures)
-        self.reads: list[int] = []
+        self.reads: list[tuple[int, str]] = []
+        self.read_started = {i: threading.Event() for i in range(10)}
 
     def read(self, req: ExtractionRequest) -> Any:
-        self.reads.append(req.batch_id)
+        self.reads.append((req.batch_id, threading.current_thread().name))
+        self.read_started[req.batch_id].set()
         if self.failures:
             raise self.failures.pop(0)
         return SimpleNamespace(node_ids=np.array(req.ids), node_values=np.ones((len(req.ids), 1)),
@@ -128,7 +132,11 @@ class FakeTransport:
 
 def consume(transport: FakeTransport, graph: FakeGraph, sink: FakeSink, **kwargs: Any) -> Worker:
     worker = Worker(load_settings(), "w", **kwargs)
-    worker.consume(transport, graph, sink)  # type: ignore[arg-type]
+    reads = ReadAhead(graph)
+    try:
+        worker.consume(transport, reads, sink)  # type: ignore[arg-type]
+    finally:
+        reads.close()
     return worker
 
 
@@ -223,17 +231,28 @@ def test_an_unexpected_error_is_dead_lettered_and_an_outage_is_read_again() -> N
         raise redis.ConnectionError("redis restarting")
 
     transport = FakeTransport([request(0).encode()])
-    worker.consume(transport, FakeGraph(), FakeSink(outage))  # type: ignore[arg-type]
+    reads = ReadAhead(FakeGraph())
+    worker.consume(transport, reads, FakeSink(outage))  # type: ignore[arg-type]
+    reads.close()
     assert transport.sent == [] and transport.committed == [] and transport.rewound == [[0]]
 
 
-def test_no_more_than_max_messages_are_taken() -> None:
-    transport = FakeTransport([request(i).encode() for i in range(5)])
-    consume(transport, FakeGraph(), FakeSink(), max_messages=2)
-    assert transport.committed == [0, 1] and transport.position == 2
+def test_the_next_batch_is_read_while_this_one_is_written_and_committed_after_it() -> None:
+    graph = FakeGraph()
+
+    def wait_for_the_next_read(req: ExtractionRequest) -> None:
+        if req.batch_id == 1:  # the first batch of the run is read alone; from then on one is read ahead
+            assert graph.read_started[2].wait(30), "batch 2 was not read while batch 1 was written"
+
+    transport = FakeTransport([request(i).encode() for i in range(4)])
+    worker = consume(transport, graph, FakeSink(before_write=wait_for_the_next_read), max_messages=4)
+    assert [batch for batch, _ in graph.reads] == [0, 1, 2, 3]
+    assert {thread for _, thread in graph.reads} == {"fx-read_0"}  # one thread: the run's window is not shared
+    assert transport.committed == [0, 1, 2, 3] and worker.stats.batches == 4
 
 
-def test_a_batch_not_delivered_is_read_again() -> None:
+def test_a_batch_not_delivered_is_read_again_with_the_one_read_ahead_and_neither_is_committed() -> None:
+    graph = FakeGraph()
     worker = Worker(load_settings(), "w")
 
     def broker_down_at_batch_1() -> None:
@@ -242,8 +261,26 @@ def test_a_batch_not_delivered_is_read_again() -> None:
             raise DeliveryError("not acknowledged")
 
     transport = FakeTransport([request(i).encode() for i in range(4)], fail_send=broker_down_at_batch_1)
-    worker.consume(transport, FakeGraph(), FakeSink())  # type: ignore[arg-type]
-    assert transport.committed == [0] and transport.rewound == [[1]] and transport.position == 1
+    reads = ReadAhead(graph)
+    worker.consume(transport, reads, FakeSink())  # type: ignore[arg-type]
+    reads.close()
+    assert transport.committed == [0] and transport.rewound == [[1, 2]]
+    assert transport.position == 1  # batch 1 is read next, then batch 2
+
+
+def test_no_more_than_max_messages_are_taken() -> None:
+    transport = FakeTransport([request(i).encode() for i in range(5)])
+    consume(transport, FakeGraph(), FakeSink(), max_messages=2)
+    assert transport.committed == [0, 1] and transport.position == 2
+
+
+def test_a_request_of_another_run_is_not_read_ahead() -> None:
+    graph = FakeGraph()
+    messages = [request(0).encode(), request(1).encode(), request(2, run_id="stale").encode(), request(3).encode()]
+    sink = FakeSink(lambda req: "no such run" if req.run_id == "stale" else None)
+    transport = FakeTransport(messages)
+    consume(transport, graph, sink, max_messages=4)
+    assert [batch for batch, _ in graph.reads] == [0, 1, 3] and transport.committed == [0, 1, 2, 3]
 
 
 def test_a_fenced_static_member_is_fatal() -> None:
