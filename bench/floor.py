@@ -26,9 +26,9 @@ from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.engine.extract import extract_batch
 from fx_workers.engine.graph import Cypher, as_array, open_driver, read_accounts
 from fx_workers.steps.plan import lpt_batches
+from fx_workers.store.bulk import encode_rows
 from fx_workers.store.client import is_cluster, open_redis
 from fx_workers.store.keys import RedisKeys
-from fx_workers.store.records import pack_rows, packed_matrix
 from fx_workers.store.writer import CHUNK, set_on_cluster
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def load_records(path: Path, prefix: str, run_id: str, layout: str = "packed") -
         ]
     else:
         records = [(key_of(entity_id), blob) for key_of, _, ids, values in parts
-                   for entity_id, blob in zip(ids.tolist(), pack_rows(packed_matrix(values)), strict=True)]
+                   for entity_id, blob in zip(ids.tolist(), encode_rows(values).rows(), strict=True)]
     return records, len(saved["node_ids"]), len(saved["tx_ids"])
 
 

@@ -3,8 +3,9 @@
 //
 //  1. GET {prefix}:latest (or take -run) to find the run;
 //  2. HMGET {prefix}:run:{run} encoding node_names edge_names: the run's own names, in record order;
-//  3. GET {prefix}:{run}:node_features:{id} (edge_features with -edge) for each id, and decode the
-//     value as little-endian float64s, one per name.
+//  3. GET {prefix}:{run}:n:{id} (e:{tx_id} with -edge) for each id, and decode the value (tagged-le):
+//     a header of one 2-bit code per name, then the values that are not +0.0, little-endian, in the
+//     width their code gives (0: +0.0, no bytes; 1: uint8; 2: uint32; 3: float64).
 //
 // It prints one line per feature, "id<TAB>name<TAB>value", with the value in Go's shortest
 // round-trip form (strconv 'g', -1), so a parser gets back exactly the stored double.
@@ -30,7 +31,10 @@ import (
 )
 
 // Encoding is the only record encoding this reader understands (the manifest's "encoding").
-const Encoding = "float64-le"
+const Encoding = "tagged-le"
+
+// widths are the bytes of a value, by its code.
+var widths = [4]int{0, 1, 4, 8}
 
 // Schema is a run's record schema, from its manifest.
 type Schema struct {
@@ -38,14 +42,34 @@ type Schema struct {
 	Edges []string
 }
 
-// Decode turns a stored record into its features by name; the value must hold 8 bytes per name.
+// Decode turns a stored record into its features by name; its length must be what its codes say.
 func Decode(names []string, value []byte) (map[string]float64, error) {
-	if len(value) != 8*len(names) {
-		return nil, fmt.Errorf("a record of %d bytes; the run's %d names need %d", len(value), len(names), 8*len(names))
+	head := (len(names) + 3) / 4
+	if len(value) < head {
+		return nil, fmt.Errorf("a record of %d bytes; the run's %d names need a %d-byte header", len(value), len(names), head)
+	}
+	code := func(i int) byte { return value[i/4] >> (2 * (i % 4)) & 3 }
+	size := head
+	for i := range names {
+		size += widths[code(i)]
+	}
+	if len(value) != size {
+		return nil, fmt.Errorf("a record of %d bytes; its codes for the run's %d names say %d", len(value), len(names), size)
 	}
 	features := make(map[string]float64, len(names))
+	at := head
 	for i, name := range names {
-		features[name] = math.Float64frombits(binary.LittleEndian.Uint64(value[8*i:]))
+		switch code(i) {
+		case 0:
+			features[name] = 0
+		case 1:
+			features[name] = float64(value[at])
+		case 2:
+			features[name] = float64(binary.LittleEndian.Uint32(value[at:]))
+		case 3:
+			features[name] = math.Float64frombits(binary.LittleEndian.Uint64(value[at:]))
+		}
+		at += widths[code(i)]
 	}
 	return features, nil
 }
@@ -96,7 +120,7 @@ func (r Reader) Records(ctx context.Context, run, kind string, ids []string) ([]
 	pipe := r.Client.Pipeline()
 	gets := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		gets[i] = pipe.Get(ctx, fmt.Sprintf("%s:%s:%s_features:%s", r.Prefix, run, kind, id))
+		gets[i] = pipe.Get(ctx, fmt.Sprintf("%s:%s:%s:%s", r.Prefix, run, kind, id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
@@ -148,9 +172,9 @@ func read(ctx context.Context, reader Reader, run string, edge bool, ids []strin
 	if err != nil {
 		return err
 	}
-	kind, names := "node", schema.Nodes
+	kind, names := "n", schema.Nodes
 	if edge {
-		kind, names = "edge", schema.Edges
+		kind, names = "e", schema.Edges
 	}
 	values, err := reader.Records(ctx, run, kind, ids)
 	if err != nil {

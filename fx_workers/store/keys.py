@@ -1,9 +1,11 @@
 """Every Redis key fx writes, in one place (the layout of the brief).
 
-A run's records live in its own namespace, ``{prefix}:{run_id}:``, with the account or transfer id
-as the key's last part so a run's records spread over Redis Cluster's slots (no hash tag). Run ids
-are short lower-case hex (:func:`fx_workers.store.runs.new_run_id`), so a namespace never collides
-with the fixed keys (``latest``, ``run:``, ``runs``, ``worker:``).
+A run's records live in its own namespace, ``{prefix}:{run_id}:``, as ``n:{account_id}`` and
+``e:{tx_id}``: one letter for the part, since every byte of a key is paid once per record (a transfer's
+key is about a fifth of its Redis memory), and the id as the key's last part so a run's records spread
+over Redis Cluster's slots (no hash tag). Run ids are short lower-case hex
+(:func:`fx_workers.store.runs.new_run_id`), so a namespace never collides with the fixed keys
+(``latest``, ``run:``, ``runs``, ``worker:``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ class RunKeys:
     """``{prefix}:{run_id}``"""
 
     def node(self, node_id: str) -> str:
-        return f"{self.namespace}:node_features:{node_id}"
+        return f"{self.namespace}:n:{node_id}"
 
     def edge(self, tx_id: str) -> str:
-        return f"{self.namespace}:edge_features:{tx_id}"
+        return f"{self.namespace}:e:{tx_id}"
 
     def plan_batch(self, batch_id: int) -> str:
         """The account ids of one batch of the run's plan (a JSON list)."""
@@ -43,7 +45,7 @@ class RunKeys:
 
     @property
     def edge_pattern(self) -> str:
-        return f"{glob_escape(self.namespace)}:edge_features:*"
+        return f"{glob_escape(self.namespace)}:e:*"
 
 
 @dataclass(frozen=True)

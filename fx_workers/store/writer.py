@@ -1,7 +1,7 @@
 """Writes a batch's features into its run's namespace and says what it wrote.
 
-One STRING per record, its values packed in bulk (:mod:`fx_workers.store.records`: float64
-little-endian in the catalogue's order, which the run's manifest names), so a redelivered batch
+One STRING per record, its values encoded in bulk (:mod:`fx_workers.store.records`'s format, in the
+catalogue's order, which the run's manifest names; :mod:`fx_workers.store.bulk`), so a redelivered batch
 writes the same bytes (``SET`` overwrites: idempotent). On one server a chunk of records is one
 ``MSET``. On a Redis Cluster, whose ``MSET`` needs one slot, each record is a ``SET`` to its slot's
 master: the chunk's ``SET``s are packed per master in bulk and sent on a connection from that master's
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fx_workers.store.bulk import EncodedRows, encode_rows
 from fx_workers.store.client import is_cluster
-from fx_workers.store.records import DTYPE, pack_rows, packed_matrix
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -55,10 +55,9 @@ class Checksum:
         lengths = np.array([MISSING if v is None else len(v) for v in values], dtype="<i8")
         self._add(ids, lengths, b"".join(v for v in values if v is not None))
 
-    def add_matrix(self, ids: Sequence[str], matrix: np.ndarray) -> None:
-        """Records as written: a :func:`~fx_workers.store.records.packed_matrix`, one row per id."""
-        rows, width = matrix.shape
-        self._add(ids, np.full(rows, width * DTYPE.itemsize, dtype="<i8"), matrix.tobytes())
+    def add_encoded(self, ids: Sequence[str], encoded: EncodedRows) -> None:
+        """Records as written, one per id."""
+        self._add(ids, encoded.lengths.astype("<i8"), encoded.data)
 
     def _add(self, ids: Sequence[str], lengths: np.ndarray, data: bytes) -> None:
         self._hash.update(_ID_SEPARATOR.join(ids).encode(errors="surrogatepass"))
@@ -75,7 +74,7 @@ def features_checksum(features: BatchFeatures) -> str:
     """The checksum a worker reports for writing ``features``."""
     checksum = Checksum()
     for ids, values in ((features.node_ids, features.node_values), (features.tx_ids, features.edge_values)):
-        checksum.add_matrix(ids.tolist(), packed_matrix(values))
+        checksum.add_encoded(ids.tolist(), encode_rows(values))
     return checksum.hexdigest()
 
 
@@ -89,9 +88,9 @@ class BatchWriter:
 
     def _write_part(self, key_of: Callable[[str], str], ids: np.ndarray, values: np.ndarray,
                     checksum: Checksum) -> None:
-        id_list, matrix = ids.tolist(), packed_matrix(values)
-        checksum.add_matrix(id_list, matrix)
-        blobs = pack_rows(matrix)
+        id_list, encoded = ids.tolist(), encode_rows(values)
+        checksum.add_encoded(id_list, encoded)
+        blobs = encoded.rows()
         for start in range(0, len(id_list), CHUNK):
             keys = [key_of(record_id) for record_id in id_list[start : start + CHUNK]]
             self._set_many(keys, blobs[start : start + CHUNK])

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.bulk import decode_rows, encode_rows
 from fx_workers.store.reader import FeatureReader
+from fx_workers.store.records import decode_record
 from fx_workers.tools.generate import write_csv
 from tests.integration.pipeline_env import Slice
 from tests.reference import Reference, Transfer
@@ -144,15 +146,15 @@ def test_export_equals_what_readers_get(piece: Slice, graph: list[Transfer], red
     nodes = {row["account_id"]: row for row in table.to_pylist()}
     assert sorted(nodes) == accounts_of(graph)
     for account, row in nodes.items():
-        stored = np.frombuffer(snapshot[f"node_features:{account}"], dtype="<f8").tolist()
+        stored = decode_record(snapshot[f"n:{account}"], len(NODE_FEATURE_NAMES))
         assert [row[n] for n in NODE_FEATURE_NAMES] == stored
     with (tmp_path / "edges.csv").open(newline="") as f:
         edges = list(csv.reader(f))
     assert edges[0] == ["tx_id", *EDGE_FEATURE_NAMES]
     assert sorted(row[0] for row in edges[1:]) == sorted(k.split(":", 1)[1] for k in snapshot
-                                                         if k.startswith("edge_features:"))
+                                                         if k.startswith("e:"))
     for row in edges[1:]:
-        stored = np.frombuffer(snapshot[f"edge_features:{row[0]}"], dtype="<f8").tolist()
+        stored = decode_record(snapshot[f"e:{row[0]}"], len(EDGE_FEATURE_NAMES))
         assert [float(v) for v in row[1:]] == stored
     assert "must end in .parquet or .csv" in fx(piece, "features", "export", "--out", "x.json", check=False).stderr
 
@@ -189,8 +191,9 @@ def test_verify_names_a_lost_record_an_altered_value_and_a_checksum_mismatch(
     namespace = piece.keys.of_run(run_id)
     victim, altered = accounts_of(graph)[:2]
     redis_client.delete(namespace.node(victim))
-    redis_client.setrange(namespace.node(altered), 8 * NODE_FEATURE_NAMES.index("out_count"),
-                          np.array([np.nan], dtype="<f8").tobytes())
+    values = decode_rows([redis_client.get(namespace.node(altered))], len(NODE_FEATURE_NAMES))[0]
+    values[0, NODE_FEATURE_NAMES.index("out_count")] = np.nan
+    redis_client.set(namespace.node(altered), encode_rows(values).rows()[0])
     result = fx(piece, "verify", "--run", run_id, "--sample", "100000", "--batches", "0", check=False)
     assert result.returncode == 1
     assert f"account {victim}: no record in the run" in result.stdout

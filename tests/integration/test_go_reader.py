@@ -85,8 +85,8 @@ def test_the_go_reader_reads_a_real_run_exactly_as_python(go_reader: Path, piece
     assert summary.verification.ok, str(summary.verification)
     reader = FeatureReader(redis_client, piece.keys)
     records = piece.snapshot(redis_client)
-    accounts = sorted(k.split(":", 1)[1] for k in records if k.startswith("node_features:"))
-    transfers = sorted(k.split(":", 1)[1] for k in records if k.startswith("edge_features:"))[:50]
+    accounts = sorted(k.split(":", 1)[1] for k in records if k.startswith("n:"))
+    transfers = sorted(k.split(":", 1)[1] for k in records if k.startswith("e:"))[:50]
     go_nodes = read_with_go(go_reader, piece, accounts)
     assert sorted(go_nodes) == accounts
     for account, record in zip(accounts, reader.nodes(accounts), strict=True):

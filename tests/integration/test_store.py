@@ -1,8 +1,9 @@
-"""The online store against a real Redis: run-scoped layout, packed records read with their own run's
+"""The online store against a real Redis: run-scoped layout, tagged-le records read with their own run's
 names, exact round trip, idempotent rewrites, checksums, publication, rollback and retention."""
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import redis
 
 from fx_workers.engine.batch import BatchFeatures
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.bulk import encode_rows
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
 from fx_workers.store.records import schema_fields
@@ -37,8 +39,9 @@ def features(seed: int = 5) -> BatchFeatures:
     rng = np.random.default_rng(seed)
     node_values = rng.normal(size=(len(HOSTILE), len(NODE_FEATURE_NAMES))) * 1e6
     node_values[0, 0] = 0.1 + 0.2  # the shortest repr must still round-trip
-    return BatchFeatures(np.array(HOSTILE), node_values, np.array(["t1", "t:2"]),
-                         rng.random((2, len(EDGE_FEATURE_NAMES))))
+    edge_values = rng.random((2, len(EDGE_FEATURE_NAMES)))
+    edge_values[1, :4] = [0.0, 1.0, 300.0, -0.0]  # each code: +0.0, uint8, uint32, float64
+    return BatchFeatures(np.array(HOSTILE), node_values, np.array(["t1", "t:2"]), edge_values)
 
 
 def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, publish: bool = True,
@@ -54,10 +57,11 @@ def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, 
 def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
     batch, registry = features(), RunRegistry(client, KEYS)
     run(registry, "r1", batch)
-    stored = client.get(f"{PREFIX}:r1:node_features:b:c")
-    assert stored == batch.node_values[1].astype("<f8").tobytes()  # one float64 LE per feature, in order
-    assert len(stored) == 8 * len(NODE_FEATURE_NAMES)  # no per-record metadata: it is in the manifest
-    assert client.get(f"{PREFIX}:r1:edge_features:t:2") == batch.edge_values[1].astype("<f8").tobytes()
+    codes = [0, 1, 2] + [3] * (len(EDGE_FEATURE_NAMES) - 3)
+    header = bytes(sum(c << 2 * j for j, c in enumerate(codes[i : i + 4])) for i in range(0, len(codes), 4))
+    floats = batch.edge_values[1, 3:].tolist()  # no per-record metadata: it is in the manifest
+    assert client.get(f"{PREFIX}:r1:e:t:2") == header + struct.pack(f"<BI{len(floats)}d", 1, 300, *floats)
+    assert client.get(f"{PREFIX}:r1:n:b:c") == encode_rows(batch.node_values[1:2]).rows()[0]
     reader = FeatureReader(client, KEYS)
     assert np.array_equal(reader.node_matrix(HOSTILE), batch.node_values)
     edge = reader.edges(["t:2", "missing"])
@@ -90,7 +94,7 @@ def test_a_record_is_read_with_its_own_runs_names(client: redis.Redis, tmp_path)
                                                  "b:c,3.0,0.30000000000000004,1e+300"]
 
     registry.create("legacy", {"as_of": 1, "schema": "s0", "plan": "0" * 16, "batches": 0, "accounts": 0})
-    with pytest.raises(RunError, match="run legacy has no float64-le record schema"):
+    with pytest.raises(RunError, match="run legacy has no tagged-le record schema"):
         FeatureReader(client, KEYS, "legacy").nodes(["a"])
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from fx_workers.config import load_settings
 from fx_workers.engine.batch import BatchFeatures
+from fx_workers.store.bulk import encode_rows
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
@@ -69,4 +70,4 @@ def test_a_record_sent_to_the_wrong_master_is_written_again_through_the_cluster_
     finally:
         manager.slots_cache[slot] = owner
     assert "records refused or lost by their master" in caplog.text
-    assert owner[0].redis_connection.get(key) == features.node_values[0].astype("<f8").tobytes()
+    assert owner[0].redis_connection.get(key) == encode_rows(features.node_values[:1]).rows()[0]

@@ -200,8 +200,8 @@ def test_a_run_that_loses_a_broker_ends_identical_to_a_clean_run(
     batches = json.loads(manifest["batch_table"])
     assert done_at_kill < len(batches), "the broker died after the last batch: not mid-run"
     assert on_brokers.snapshot(redis_client) == expected
-    accounts = sum(key.startswith("node_features:") for key in expected)
-    transfers = sum(key.startswith("edge_features:") for key in expected)
+    accounts = sum(key.startswith("n:") for key in expected)
+    transfers = sum(key.startswith("e:") for key in expected)
     assert None not in batches and int(manifest["batches_counted"]) == len(batches)  # none lost
     assert (int(manifest["accounts_written"]), int(manifest["transfers"])) == (accounts, transfers)  # none twice
     assert (manifest["conflicts"], manifest["failed_batches"], manifest["status"]) == ("{}", "{}", "verified")

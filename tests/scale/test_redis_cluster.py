@@ -54,8 +54,8 @@ def standalone(piece: Slice, redis_client: redis.Redis) -> tuple[list[str], list
     summary = run_local(piece.settings, as_of=AS_OF)
     assert summary.verification.ok, str(summary.verification)
     records = piece.snapshot(redis_client, summary.run_id)
-    accounts = sorted(key.split(":", 1)[1] for key in records if key.startswith("node_features:"))
-    transfers = sorted(key.split(":", 1)[1] for key in records if key.startswith("edge_features:"))
+    accounts = sorted(key.split(":", 1)[1] for key in records if key.startswith("n:"))
+    transfers = sorted(key.split(":", 1)[1] for key in records if key.startswith("e:"))
     nodes, edges = read_all(FeatureReader(redis_client, piece.keys, summary.run_id), accounts, transfers)
     assert len(nodes) == len(accounts) > 0 and len(edges) == len(transfers) > 0
     return accounts, transfers, nodes, edges

@@ -31,6 +31,7 @@ from bench.model import (
 from bench.naive import Leg, core_edge_features, core_node_features
 from bench.run import merge
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.bulk import encode_rows
 from tests.graphs import ACCOUNTS, AS_OF, transfer_graphs
 from tests.reference import Reference, Transfer
 
@@ -287,10 +288,9 @@ def test_floor_records_are_the_bytes_the_batch_writer_stores(tmp_path: Path) -> 
              edge_values=edge_values)
     records, accounts, transfers = load_records(path, "fxbench", "r1")
     assert (accounts, transfers) == (2, 1)
-    assert [key for key, _ in records] == ["fxbench:r1:node_features:A1", "fxbench:r1:node_features:A:2",
-                                           "fxbench:r1:edge_features:T1"]
-    assert records[1][1] == node_values[1].astype("<f8").tobytes()
-    assert records[2][1] == edge_values[0].astype("<f8").tobytes()
+    assert [key for key, _ in records] == ["fxbench:r1:n:A1", "fxbench:r1:n:A:2", "fxbench:r1:e:T1"]
+    assert records[1][1] == encode_rows(node_values[1:]).rows()[0]
+    assert records[2][1] == encode_rows(edge_values).rows()[0]
     hashed, _, _ = load_records(path, "fxbench", "r1", layout="hash")
     assert [key for key, _ in hashed] == [key for key, _ in records]
     assert list(hashed[1][1].values()) == encode_row(node_values[1].tolist())
