@@ -1,7 +1,7 @@
 """Health checks behind ``fx doctor``: services, topics and graph, each failure with its fix.
 
 Each service has a generator of checks whose first item is "reachable" and whose later items need
-that connection; callers that only want liveness (``stack/stackctl.py``) take the first one.
+that connection; callers that only want liveness (``ops``) take the first one.
 Every network call has a short timeout, so doctor never hangs on a dead service.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from fx_workers.steps.topics import LOW_REPLICATION_FIX, Replication, topic_partitions, topic_replicas
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,39 +48,6 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in table order: Kafka and its topics, Neo4j and the graph, Redis."""
     return [*kafka_checks(settings), *neo4j_checks(settings), *redis_checks(settings)]
-
-
-def topic_partitions(kafka: KafkaConfig) -> dict[str, int]:
-    """Configured topic name -> configured partition count."""
-    return {
-        getattr(kafka.topics, role): getattr(kafka.partitions, role) for role in type(kafka.topics).model_fields
-    }
-
-
-def topic_replicas(settings: Settings) -> int:
-    """The copies each fx topic should have: one per broker of ``stack.kafka_brokers`` (the stack's
-    brokers' ``default.replication.factor``, so a topic created with the broker's default has them too)."""
-    return settings.stack.kafka_brokers
-
-
-@dataclass(frozen=True)
-class Replication:
-    """A topic's copies as its metadata says: the fewest replicas of any partition, and the
-    partitions with fewer in-sync replicas than replicas (a broker down or behind)."""
-
-    factor: int
-    under_replicated: int
-
-    @classmethod
-    def of(cls, topic: TopicMetadata) -> Replication:
-        described = [p for p in topic.partitions.values() if p is not None]  # None: a test's stand-in
-        return cls(min((len(p.replicas) for p in described), default=0),
-                   sum(len(p.isrs) < len(p.replicas) for p in described))
-
-
-LOW_REPLICATION_FIX = ("Kafka keeps a topic's replication factor as it was created: raise it with "
-                       "kafka-reassign-partitions.sh, or delete the topic (`make clean-stack` on the local stack), "
-                       "then `make up`")
 
 
 def kafka_admin(kafka: KafkaConfig) -> AdminClient:
