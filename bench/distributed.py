@@ -3,9 +3,9 @@
 Each measurement gets its own topics and consumer group (``fxbench-<tag>-...``), so the stack's
 workers never see its requests and a stale request of an earlier run can never reach its workers.
 The clock starts, once the workers hold every request partition, with the plan (``make_plan``),
-then the requests are published (``request_messages``), the completion signals counted from their
-headers as the DAG's trigger does, the run aggregated (``aggregate_run``), verified (``verify_run``)
-and published (``conclude`` flips ``latest``); it stops when the run is live.
+then the requests are published (``request_messages``), the completion signals counted into a
+``SignalLedger`` as the DAG's trigger does, the run aggregated from that ledger (``aggregate_run``),
+verified (``verify_run``) and published (``conclude`` flips ``latest``); it stops when the run is live.
 """
 
 from __future__ import annotations
@@ -18,32 +18,23 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any
-from unittest import mock
+from typing import TYPE_CHECKING
 
 import fx_workers.steps.aggregate
 import fx_workers.steps.verify
+import fx_workers.store.plan_store
 import fx_workers.store.reader
 from bench.measure import BenchError, Measurement, PhaseClock, wait_with_rss
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.engine.graph import open_driver
-from fx_workers.protocol import (
-    HEADER_BATCH,
-    HEADER_KIND,
-    HEADER_RUN,
-    HEADER_STATUS,
-    READER_CONFIG,
-    BatchStatus,
-    CompletionSignal,
-    MessageKind,
-    header_value,
-)
+from fx_workers.protocol import READER_CONFIG
 from fx_workers.steps.aggregate import aggregate_run
 from fx_workers.steps.plan import Plan, make_plan, request_messages
 from fx_workers.steps.publish import conclude
 from fx_workers.steps.topics import end_offsets, missing_topics
 from fx_workers.steps.verify import verify_run
 from fx_workers.store.client import open_redis
+from fx_workers.store.signals import SignalLedger
 from fx_workers.tools.doctor import topic_partitions
 
 if TYPE_CHECKING:
@@ -56,15 +47,15 @@ if TYPE_CHECKING:
 
 PREFIX = "fxbench-"
 RUN_PHASES = [
-    (fx_workers.steps.aggregate.CompletionSignal, "decode", "aggregate: decode"),
-    (fx_workers.steps.aggregate, "record_aggregate", "aggregate: manifest"),
+    (fx_workers.steps.aggregate, "_record", "aggregate: manifest"),
     (fx_workers.steps.verify, "extract_batch", "verify: recompute"),
     (fx_workers.store.reader.FeatureReader, "raw", "verify: re-read"),
-    (fx_workers.steps.verify, "stored_batches", "verify: plan"),
+    (fx_workers.store.plan_store.PlanStore, "batches", "verify: plan"),
 ]
-"""Inside ``aggregate_run`` (whose own remaining time is reading Kafka) and ``verify_run`` (whose own
-remaining time is counting and comparing): signals decoded, the manifest and drift written; the
-sample and whole batches recomputed from Neo4j, records re-read from Redis, the plan read back."""
+"""Inside ``aggregate_run`` (whose own remaining time is reading the signals that came after the ledger's
+last) and ``verify_run`` (whose own remaining time is counting and comparing): the manifest and drift
+written; the sample and whole batches recomputed from Neo4j, records re-read from Redis, the plan read
+back. The signals are decoded once, while the workers run."""
 LOGS = REPO_ROOT / "bench" / "results" / "logs"
 READY_TIMEOUT_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 120.0
@@ -144,46 +135,32 @@ def wait_until_assigned(admin: AdminClient, settings: Settings, workers: int) ->
     raise BenchError(f"{workers} workers did not join group {group} within {READY_TIMEOUT_SECONDS:.0f}s")
 
 
-def wait_for_batches(consumer: Consumer, topic: str, plan: Plan) -> None:
-    """Count this run's completion signals from their headers, as the DAG's trigger does, until every
-    batch has one.
+def wait_for_batches(consumer: Consumer, topic: str, plan: Plan, worker_seconds: dict[str, float]) -> SignalLedger:
+    """Count this run's completion signals into a ledger, as the DAG's trigger does, until every batch has
+    one; add the workers' own timings (``timings_ms`` of each signal) to ``worker_seconds``, in seconds.
 
     :raises BenchError: when a batch failed, or nothing arrived for :data:`IDLE_TIMEOUT_SECONDS`
     """
     from confluent_kafka import TopicPartition
 
     consumer.assign([TopicPartition(topic, int(p), o) for p, o in plan.start_offsets.items()])
-    done: set[int] = set()
+    ledger = SignalLedger(run_id=plan.run_id, plan=plan.fingerprint, batches=plan.batches,
+                          offsets={int(p): o for p, o in plan.start_offsets.items()})
     last_seen = time.monotonic()
-    while len(done) < plan.batches:
+    while not ledger.complete:
         messages = consumer.consume(num_messages=500, timeout=POLL_SECONDS)
         if messages:
             last_seen = time.monotonic()
         elif time.monotonic() - last_seen > IDLE_TIMEOUT_SECONDS:
-            raise BenchError(f"no signals for {IDLE_TIMEOUT_SECONDS:.0f}s; {len(done)} of {plan.batches} batches done")
+            raise BenchError(f"no signals for {IDLE_TIMEOUT_SECONDS:.0f}s; {len(ledger.counted)} of {plan.batches} "
+                             "batches done")
         for message in messages:
-            headers = message.headers()
-            if message.error() or header_value(headers, HEADER_RUN) != plan.run_id \
-                    or header_value(headers, HEADER_KIND) != MessageKind.COMPLETION:
-                continue
-            if header_value(headers, HEADER_STATUS) != BatchStatus.OK:
-                raise BenchError(f"batch {header_value(headers, HEADER_BATCH)} failed: "
-                                 f"{CompletionSignal.decode(message.value()).error}")
-            done.add(int(header_value(headers, HEADER_BATCH) or -1))
-
-
-@contextmanager
-def signal_timings(totals: dict[str, float]) -> Iterator[None]:
-    """Sum the workers' own timings (``timings_ms`` of each signal the aggregation counts), in seconds."""
-    add = fx_workers.steps.aggregate.Tally.add
-
-    def spy(self: Any, signal: CompletionSignal) -> None:
-        for name, ms in signal.timings_ms.items():
-            totals[f"worker {name}"] += ms / 1000
-        add(self, signal)
-
-    with mock.patch.object(fx_workers.steps.aggregate.Tally, "add", spy):
-        yield
+            if (signal := ledger.take(message)) is not None:
+                for name, ms in signal.timings_ms.items():
+                    worker_seconds[f"worker {name}"] += ms / 1000
+        if failed := ledger.failed | ledger.retryable:
+            raise BenchError(f"batches failed: {failed}")
+    return ledger
 
 
 def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
@@ -221,10 +198,11 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
                 producer.produce(settings.kafka.topics.requests, key=key, value=value)
             producer.flush(30)
             published = time.perf_counter()
-            wait_for_batches(watcher, results, plan)
+            ledger = wait_for_batches(watcher, results, plan, worker_seconds)
             computed = time.perf_counter()
-            with clock.patch(RUN_PHASES), signal_timings(worker_seconds):
-                summary = clock.wrap("aggregate: kafka", aggregate_run)(reader, client, settings, plan.to_dict())
+            with clock.patch(RUN_PHASES):
+                summary = clock.wrap("aggregate: kafka", aggregate_run)(reader, client, settings, plan.to_dict(),
+                                                                        {"ledger": ledger.model_dump(mode="json")})
                 aggregated = time.perf_counter()
                 report = clock.wrap("verify: counts", verify_run)(settings, client, plan.run_id)
             verified = time.perf_counter()

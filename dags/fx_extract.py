@@ -15,7 +15,9 @@
    Workers write each batch straight into the run's own namespace in Redis; no feature value crosses
    Kafka.
 4. **aggregate** merges the signals (each batch once), the run's per-feature statistics and the
-   drift against the published run into the manifest, and logs them as a table.
+   drift against the published run into the manifest, and logs them as a table. It takes what the
+   wait counted from its result and reads only the signals that arrived after it (all of the run's
+   when that result is missing or of another plan).
 5. **verify** checks counts, a recomputed sample and sampled checksums; only then it points
    `fx:latest` at the run (readers switch atomically) and updates the `fx://node_features` asset.
    A failed verification changes nothing readers see. After publishing, it deletes runs beyond
@@ -114,15 +116,15 @@ def fx_extract() -> None:
         return planned.to_dict()
 
     @task
-    def aggregate(plan: dict[str, Any]) -> dict[str, Any]:
-        """Merge the run's completion signals, statistics and drift into its manifest."""
+    def aggregate(plan: dict[str, Any], waited: dict[str, Any] | None) -> dict[str, Any]:
+        """Merge the run's completion signals (as the wait counted them), statistics and drift into its manifest."""
         from fx_airflow.hooks import ResultsReaderHook
 
         from fx_workers.steps.aggregate import aggregate_run
 
         reader = ResultsReaderHook(KAFKA).get_conn
         try:
-            return aggregate_run(reader, _redis(), config, plan)
+            return aggregate_run(reader, _redis(), config, plan, waited)
         finally:
             reader.close()
 
@@ -158,7 +160,7 @@ def fx_extract() -> None:
     waited = WaitForBatchesOperator(task_id="wait_for_workers", plan=planned, topic=topics.results,
                                     requests_topic=topics.requests, timeout_minutes="{{ params.timeout_minutes }}",
                                     kafka_config_id=KAFKA, retries=0)
-    aggregated = aggregate(planned)
+    aggregated = aggregate(planned, waited.output)
     planned >> publish >> waited >> aggregated >> verify(planned, waited.output)
 
 

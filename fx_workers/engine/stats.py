@@ -17,7 +17,7 @@ import numpy as np
 from fx_workers.protocol import PartStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from fx_workers.config import DriftConfig
 
@@ -51,43 +51,6 @@ def part_stats(values: np.ndarray) -> PartStats:
         sumsq=np.square(clean).sum(axis=0).tolist(),
         hist=hist.tolist(),
     )
-
-
-def _pick(a: float | None, b: float | None, better: Callable[[float, float], float]) -> float | None:
-    return b if a is None else a if b is None else better(a, b)
-
-
-class Accumulator:
-    """Merges batches' statistics into the run's, one batch at a time (memory does not grow with batches)."""
-
-    def __init__(self, features: int) -> None:
-        self.rows = 0
-        self.nan = np.zeros(features, dtype=np.int64)
-        self.low: list[float | None] = [None] * features
-        self.high: list[float | None] = [None] * features
-        self.total, self.squares = np.zeros(features), np.zeros(features)
-        self.hist = np.zeros((features, BINS), dtype=np.int64)
-
-    def check(self, part: PartStats) -> None:
-        """:raises ValueError: when the part has other features or bins than this accumulator"""
-        if len(part.nan) != len(self.nan) or np.shape(part.hist) != self.hist.shape:
-            raise ValueError(f"statistics of {len(part.nan)} features with {np.shape(part.hist)} bins; "
-                             f"expected {len(self.nan)} features with {self.hist.shape[1]} bins")
-
-    def add(self, part: PartStats) -> None:
-        """:raises ValueError: when the part has other features or bins"""
-        self.check(part)
-        self.rows += part.rows
-        self.nan += part.nan
-        self.low = [_pick(a, b, min) for a, b in zip(self.low, part.min, strict=True)]
-        self.high = [_pick(a, b, max) for a, b in zip(self.high, part.max, strict=True)]
-        self.total += part.sum
-        self.squares += part.sumsq
-        self.hist += np.asarray(part.hist, dtype=np.int64)
-
-    def result(self) -> PartStats:
-        return PartStats(rows=self.rows, nan=self.nan.tolist(), min=self.low, max=self.high, sum=self.total.tolist(),
-                         sumsq=self.squares.tolist(), hist=self.hist.tolist())
 
 
 @dataclass(frozen=True)

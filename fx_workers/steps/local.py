@@ -15,13 +15,14 @@ from fx_workers.engine.extract import catalogue_of, read_graph
 from fx_workers.engine.graph import WindowCache, open_driver
 from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest
-from fx_workers.steps.aggregate import Tally, record_aggregate
+from fx_workers.steps.aggregate import record_aggregate
 from fx_workers.steps.plan import make_plan
 from fx_workers.steps.publish import conclude, retire
 from fx_workers.steps.verify import VerifyReport, verify_run
 from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.signals import SignalLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +75,8 @@ def run_local(settings: Settings, *, as_of: int, batch_size: int | None = None,
     with open_driver(settings.neo4j) as driver:
         plan, batches = make_plan(driver, client, settings, as_of=as_of, batch_size=batch_size, mode="local")
         sink = RedisSink(client, RedisKeys(settings.redis.prefix))
-        tally, compute, windows = Tally(plan), catalogue_of(settings).compute, WindowCache().bind(plan.run_id)
+        tally = SignalLedger(run_id=plan.run_id, plan=plan.fingerprint, batches=plan.batches)
+        compute, windows = catalogue_of(settings).compute, WindowCache().bind(plan.run_id)
         with progress("extracting", plan.accounts) as advance:
             def read(item: tuple[int, list[str]]) -> BatchInput:
                 return read_graph(driver, settings, item[1], as_of, windows)

@@ -1,6 +1,6 @@
 """Plan a run: read the accounts once, cut cost-balanced batches, fingerprint them, and store them
-under the run in Redis, so publishing (and its retries) never reads Neo4j again and a graph that
-changes during the run cannot change its plan.
+under the run (:class:`~fx_workers.store.plan_store.PlanStore`), so publishing (and its retries) never
+reads Neo4j again and a graph that changes during the run cannot change its plan.
 
 The plan's fingerprint goes into every request and every completion signal: a request or signal
 of another plan (a cleared and re-planned run, a forged message) is recognised and not counted.
@@ -8,9 +8,7 @@ of another plan (a cleared and re-planned run, a forged message) is recognised a
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
 import logging
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -24,7 +22,9 @@ from fx_workers.engine.graph import Cypher, read_accounts
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.topics import PipelineError
 from fx_workers.store.keys import RedisKeys
-from fx_workers.store.records import schema_fields
+from fx_workers.store.manifest import RunManifest
+from fx_workers.store.plan_store import PlanStore, fingerprint
+from fx_workers.store.records import RecordSchema
 from fx_workers.store.runs import RunRegistry, new_run_id
 
 if TYPE_CHECKING:
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from fx_workers.config import Settings
 
 log = logging.getLogger(__name__)
-
-PLAN_READ_CHUNK = 100
-"""Batches fetched from Redis per round trip when publishing or verifying."""
 
 
 @dataclass(frozen=True)
@@ -65,15 +62,6 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         return cls(**data)
-
-    @classmethod
-    def from_manifest(cls, run_id: str, manifest: dict[str, str]) -> Plan:
-        """The plan a run's manifest describes (enough of it to read its stored batches)."""
-        return cls(run_id=run_id, fingerprint=manifest["plan"], mode=manifest.get("mode", ""),
-                   as_of=int(manifest["as_of"]), schema_version=manifest["schema"],
-                   batch_size=int(manifest.get("batch_size", 0)), batches=int(manifest["batches"]),
-                   accounts=int(manifest["accounts"]), cost=0, dag_run_id=manifest.get("dag_run_id"),
-                   started_at=manifest.get("started_at", ""))
 
 
 def lpt_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int) -> list[list[str]]:
@@ -108,14 +96,6 @@ def balanced_batches(ids: np.ndarray, costs: np.ndarray, batch_size: int, partit
     return lpt_batches(ids, costs, -(-len(ids) // count)) if count else []
 
 
-def fingerprint(run_id: str, as_of: int, schema: str, batches: list[list[str]]) -> str:
-    """16 hex digits naming exactly this plan: the run, the instant, the catalogue and the batches."""
-    digest = hashlib.blake2b(f"{run_id}\0{as_of}\0{schema}\0".encode(), digest_size=8)
-    for batch in batches:
-        digest.update(json.dumps(batch).encode())
-    return digest.hexdigest()
-
-
 def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of: int, batch_size: int, mode: str,
               partitions: int = 1, start_offsets: dict[int, int] | None = None, dag_run_id: str | None = None,
               run_id: str | None = None) -> tuple[Plan, list[list[str]]]:
@@ -135,39 +115,16 @@ def make_plan(driver: Driver, client: redis.Redis, settings: Settings, *, as_of:
         start_offsets={str(p): o for p, o in (start_offsets or {}).items()}, dag_run_id=dag_run_id,
     )
     keys = RedisKeys(settings.redis.prefix)
-    namespace = keys.of_run(run_id)
-    pipe = client.pipeline(transaction=False)
-    for batch_id, batch in enumerate(batches):
-        pipe.set(namespace.plan_batch(batch_id), json.dumps(batch))
-    pipe.execute()
-    manifest = {"mode": mode, "as_of": as_of, "schema": plan.schema_version, "plan": plan.fingerprint,
-                "batches": plan.batches, "accounts": plan.accounts, "batch_size": batch_size,
-                "started_at": plan.started_at, "namespace": f"{namespace.namespace}:",
-                **schema_fields(features.node_names, features.edge_names)}
-    RunRegistry(client, keys).create(run_id, manifest | ({"dag_run_id": dag_run_id} if dag_run_id else {}))
+    PlanStore(client, keys, run_id).save(batches)
+    manifest = RunManifest(
+        run_id=run_id, mode=mode, as_of=as_of, schema_version=plan.schema_version, fingerprint=plan.fingerprint,
+        batches=plan.batches, accounts=plan.accounts, batch_size=batch_size, started_at=plan.started_at,
+        namespace=f"{keys.of_run(run_id).namespace}:", dag_run_id=dag_run_id,
+        records=RecordSchema(features.node_names, features.edge_names))
+    RunRegistry(client, keys).create(run_id, manifest.fields())
     log.info("planned run=%s plan=%s as_of=%d batches=%d accounts=%d cost=%d", run_id, plan.fingerprint, as_of,
              plan.batches, plan.accounts, plan.cost)
     return plan, batches
-
-
-def stored_batches(client: redis.Redis, keys: RedisKeys, plan: Plan,
-                   only: Sequence[int] | None = None) -> Iterator[tuple[int, list[str]]]:
-    """``(batch_id, account ids)`` of the plan (or of its batches ``only``), read back from Redis in order.
-
-    :raises PipelineError: when a batch is gone (the run was deleted)
-    """
-    namespace = keys.of_run(plan.run_id)
-    wanted = range(plan.batches) if only is None else sorted(only)
-    for start in range(0, len(wanted), PLAN_READ_CHUNK):
-        batch_ids = wanted[start : start + PLAN_READ_CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for batch_id in batch_ids:
-            pipe.get(namespace.plan_batch(batch_id))
-        for batch_id, raw in zip(batch_ids, pipe.execute(), strict=True):
-            if raw is None:
-                raise PipelineError(f"run {plan.run_id}: batch {batch_id} of the plan is not in Redis "
-                                    f"({namespace.plan_batch(batch_id)}); the run was deleted, trigger a new one")
-            yield batch_id, json.loads(raw)
 
 
 def request_key(batch_id: int, partitions: int) -> bytes:
@@ -185,7 +142,7 @@ def request_messages(client: redis.Redis, settings: Settings, plan: dict[str, An
     Redis: a retry, or a batch sent again after an outage, gets the same request."""
     run = Plan.from_dict(plan)
     partitions = settings.kafka.partitions.requests
-    for batch_id, ids in stored_batches(client, RedisKeys(settings.redis.prefix), run, only):
+    for batch_id, ids in PlanStore(client, RedisKeys(settings.redis.prefix), run.run_id).batches(run.batches, only):
         request = ExtractionRequest(run_id=run.run_id, plan=run.fingerprint, batch_id=batch_id, batches=run.batches,
                                     as_of=run.as_of, schema_version=run.schema_version, ids=ids)
         yield request_key(batch_id, partitions), request.encode()

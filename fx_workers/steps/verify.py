@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING
 
 from fx_workers.engine.extract import catalogue_of, extract_batch
 from fx_workers.engine.graph import WindowCache, open_driver
-from fx_workers.steps.aggregate import parts, run_names, stored_stats
-from fx_workers.steps.plan import Plan, stored_batches
+from fx_workers.steps.aggregate import part_names
 from fx_workers.store.keys import RedisKeys
+from fx_workers.store.manifest import Aggregation, RunManifest
+from fx_workers.store.plan_store import PlanStore
 from fx_workers.store.reader import FeatureReader
 from fx_workers.store.runs import SIZE_SAMPLE, RunError, RunRegistry
 from fx_workers.store.writer import Checksum, features_checksum
@@ -69,39 +69,37 @@ class VerifyReport:
         return f"{head}: {len(self.failures)} FAILED\n{listed}{more}"
 
 
-def _check_counts(report: VerifyReport, manifest: dict[str, str], batches: list[list[str]]) -> list:
-    """Check the aggregation's per-batch table against the plan; returns the table."""
-    table = json.loads(manifest.get("batch_table", "[]"))
+def _check_counts(report: VerifyReport, aggregation: Aggregation, batches: list[list[str]]) -> None:
+    """Check the aggregation's per-batch table against the plan."""
+    table = aggregation.batch_table
     if len(table) != len(batches):
-        report.failures.append(f"the aggregation saw {len(table)} batches; the plan has {len(batches)} "
-                               "(was aggregate run?)")
-        return table
+        report.failures.append(f"the aggregation saw {len(table)} batches; the plan has {len(batches)}")
+        return
     missing = [b for b, row in enumerate(table) if row is None]
     if missing:
         report.failures.append(f"no completion signal for batches {missing[:SHOWN]} ({len(missing)} in all)")
     for b, (row, ids) in enumerate(zip(table, batches, strict=True)):
         if row is not None and row[0] != len(ids):
             report.failures.append(f"batch {b}: the worker wrote {row[0]} account records; the plan has {len(ids)}")
-    for b, checksums in json.loads(manifest.get("conflicts", "{}")).items():
+    for b, checksums in aggregation.conflicts.items():
         report.failures.append(f"batch {b}: copies with different content were written (checksums {checksums}); "
                                "the graph changed while it was computed: run again")
     report.accounts = sum(row[0] for row in table if row)
     report.transfers = sum(row[1] for row in table if row)
-    return table
 
 
-def _check_values(report: VerifyReport, manifest: dict[str, str]) -> None:
-    stats = stored_stats(manifest)
-    if stats is None:
-        report.failures.append("the manifest has no statistics (was aggregate run?)")
-        return
-    for part, names in (run_names(manifest) or parts(manifest.get("schema", ""))).items():
-        bad = [f"{name} ({n})" for name, n in zip(names, stats[part].nan, strict=True) if n]
+def _check_values(report: VerifyReport, manifest: RunManifest, aggregation: Aggregation) -> None:
+    for part, names in part_names(manifest).items():
+        stats = aggregation.stats.get(part)
+        if stats is None or len(stats.nan) != len(names):
+            report.failures.append(f"the aggregation has no {part} statistics of the run's {len(names)} features")
+            continue
+        bad = [f"{name} ({n})" for name, n in zip(names, stats.nan, strict=True) if n]
         if bad:
             report.failures.append(f"non-finite {part} values: {', '.join(bad)}")
-    if manifest.get("drift_verdict") == "fail":
-        failing = [row["name"] for row in json.loads(manifest["drift"]) if row["verdict"] == "fail"]
-        report.failures.append(f"drift against run {manifest.get('drift_against')} above the fail thresholds "
+    if aggregation.drift_verdict == "fail":
+        failing = [row.name for row in aggregation.drift if row.verdict == "fail"]
+        report.failures.append(f"drift against run {aggregation.drift_against} above the fail thresholds "
                                f"(config drift.*_fail) for: {', '.join(failing)}")
 
 
@@ -157,30 +155,32 @@ def verify_run(settings: Settings, client: redis.Redis, run_id: str | None = Non
     run_id = run_id or registry.latest()
     if run_id is None:
         raise RunError("no published run yet; pass --run RUN_ID (fx runs list)")
-    manifest = registry.manifest(run_id)
-    if "plan" not in manifest:
-        raise RunError(f"run {run_id!r} has no manifest at {keys.run(run_id)} (fx runs list)")
-    plan = Plan.from_manifest(run_id, manifest)
-    report = VerifyReport(run_id, batches=plan.batches)
-    planned = [ids for _, ids in stored_batches(client, keys, plan)]
-    table = _check_counts(report, manifest, planned)
-    _check_values(report, manifest)
+    manifest = RunManifest.from_fields(run_id, registry.manifest(run_id))
+    report = VerifyReport(run_id, batches=manifest.batches)
+    planned = [ids for _, ids in PlanStore(client, keys, run_id).batches(manifest.batches)]
+    aggregation = manifest.aggregation
+    if aggregation is None:
+        report.failures.append("the manifest has no aggregation (was aggregate run?)")
+    else:
+        _check_counts(report, aggregation, planned)
+        _check_values(report, manifest, aggregation)
+    table = aggregation.batch_table if aggregation else []
     if moved := registry.topology_change(run_id):
         report.failures.append(moved)
-    rng = random.Random(f"{run_id}/{plan.fingerprint}")
+    rng = random.Random(f"{run_id}/{manifest.fingerprint}")
     sample = settings.extraction.verify_sample if sample is None else sample
     every_id = [i for ids in planned for i in ids]
     chosen = sorted(rng.sample(every_id, min(sample, len(every_id))))
     batches = settings.extraction.verify_batches if batches is None else batches
-    checked = sorted(rng.sample(range(plan.batches), min(batches, plan.batches)))
+    checked = sorted(rng.sample(range(manifest.batches), min(batches, manifest.batches)))
     reader, windows = FeatureReader(client, keys, run_id), WindowCache().bind(run_id)  # read again, not the run's
     with open_driver(settings.neo4j) as driver, (progress or no_progress)("verifying", 1 + len(checked)) as advance:
         if chosen:
-            _recompute_sample(report, driver, settings, reader, chosen, plan.as_of, windows)
+            _recompute_sample(report, driver, settings, reader, chosen, manifest.as_of, windows)
         advance(1)
         for batch_id in checked:
             if batch_id < len(table) and table[batch_id]:
-                _check_checksum(report, driver, settings, reader, batch_id, planned[batch_id], plan.as_of,
+                _check_checksum(report, driver, settings, reader, batch_id, planned[batch_id], manifest.as_of,
                                 table[batch_id][2], windows)
             advance(1)
     return report

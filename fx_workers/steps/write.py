@@ -5,13 +5,13 @@ write into a run at all."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from fx_workers.engine.stats import part_stats
 from fx_workers.protocol import BatchStatus, CompletionSignal
+from fx_workers.store.plan_store import PlanStore
 from fx_workers.store.runs import RunRegistry, RunStatus
 from fx_workers.store.writer import BatchWriter
 
@@ -45,8 +45,7 @@ class RedisSink:
         if status != RunStatus.RUNNING:
             log.info("skipped run=%s batch=%d: the run is %s", request.run_id, request.batch_id, status)
             return ""
-        planned = self.redis.get(self.keys.of_run(request.run_id).plan_batch(request.batch_id))
-        if planned is None or json.loads(planned) != request.ids:
+        if PlanStore(self.redis, self.keys, request.run_id).batch(request.batch_id) != request.ids:
             return (f"the ids of batch {request.batch_id} differ from the run's stored plan "
                     f"({self.keys.of_run(request.run_id).plan_batch(request.batch_id)}): a forged request")
         return None

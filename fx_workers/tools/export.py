@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fx_workers.progress import ProgressFactory, no_progress
-from fx_workers.steps.plan import Plan, stored_batches
+from fx_workers.store.plan_store import PlanStore
 from fx_workers.store.reader import CHUNK, FeatureReader, RunView
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class ExportSummary:
 
 
 def _node_ids(reader: FeatureReader, run_id: str, manifest: dict[str, str]) -> Iterator[list[str]]:
-    for _, ids in stored_batches(reader.client, reader.keys, Plan.from_manifest(run_id, manifest)):
+    for _, ids in PlanStore(reader.client, reader.keys, run_id).batches(int(manifest["batches"])):
         yield ids
 
 

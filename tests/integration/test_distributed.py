@@ -21,10 +21,11 @@ from fx_workers.protocol import (
     header_value,
 )
 from fx_workers.steps.aggregate import aggregate_run
-from fx_workers.steps.plan import Plan, make_plan, request_messages, stored_batches
+from fx_workers.steps.plan import Plan, make_plan, request_messages
 from fx_workers.steps.publish import conclude
 from fx_workers.steps.topics import end_offsets
 from fx_workers.steps.verify import verify_run
+from fx_workers.store.plan_store import PlanStore
 from fx_workers.worker import Worker
 from tests.integration.pipeline_env import AS_OF, Slice
 
@@ -101,7 +102,7 @@ def test_requests_that_must_not_be_computed_go_to_the_dead_letter_topic(piece: S
     settings = piece.settings
     topics = settings.kafka.topics
     plan = plan_and_publish(piece, redis_client, copies=0)
-    batches = dict(stored_batches(redis_client, piece.keys, plan))
+    batches = dict(PlanStore(redis_client, piece.keys, plan.run_id).batches(plan.batches))
     valid = ExtractionRequest(run_id=plan.run_id, plan=plan.fingerprint, batch_id=0, batches=plan.batches,
                               as_of=AS_OF, schema_version=SCHEMA_VERSION, ids=batches[0])
     unknown_run = valid.model_copy(update={"run_id": "00000000"})

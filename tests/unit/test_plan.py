@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fx_workers.config import load_settings
-from fx_workers.steps.plan import balanced_batches, fingerprint, request_key
+from fx_workers.steps.plan import balanced_batches, request_key
 from fx_workers.steps.topics import PipelineError, missing_topics
+from fx_workers.store.plan_store import fingerprint
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 4, 7])

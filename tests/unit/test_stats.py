@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fx_workers.config import DriftConfig
-from fx_workers.engine.stats import BIN_EDGES, BINS, Accumulator, drift, drift_by_name, part_stats, psi, summarise
+from fx_workers.engine.stats import BIN_EDGES, BINS, drift, drift_by_name, part_stats, psi, summarise
+from fx_workers.store.signals import merge_stats
 
 
 def matrix(seed: int, rows: int, cols: int = 4) -> np.ndarray:
@@ -26,11 +28,8 @@ def test_merged_batches_equal_the_statistics_of_all_rows(sizes: list[int], seed:
     for part in parts:
         if len(part):
             part[0, 1] = np.nan
-    merged = Accumulator(4)
-    for part in parts:
-        merged.add(part_stats(part))
+    result = functools.reduce(merge_stats, [part_stats(part) for part in parts])
     whole = part_stats(np.concatenate(parts))
-    result = merged.result()
     assert (result.rows, result.nan, result.min, result.max, result.hist) == (
         whole.rows, whole.nan, whole.min, whole.max, whole.hist)
     assert np.allclose(result.sum, whole.sum) and np.allclose(result.sumsq, whole.sumsq)
@@ -58,9 +57,9 @@ def test_an_empty_part_has_no_extremes() -> None:
     assert summarise(stats, ["a", "b", "c"])[0].mean == 0.0
 
 
-def test_accumulator_refuses_other_features() -> None:
+def test_merge_refuses_other_features() -> None:
     with pytest.raises(ValueError, match="statistics of 3 features"):
-        Accumulator(4).add(part_stats(np.zeros((1, 3))))
+        merge_stats(part_stats(np.zeros((1, 4))), part_stats(np.zeros((1, 3))))
 
 
 def test_psi() -> None:

@@ -12,9 +12,10 @@ from airflow.sdk.exceptions import TaskDeferred
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow does for plugins_folder
 
 from fx_airflow.operators import MAX_RESENDS, BatchesFailedError, WaitForBatchesOperator
-from fx_airflow.triggers import BatchCompletionTrigger, BatchProgress
+from fx_airflow.triggers import BatchCompletionTrigger, ledger_event, progress_line
 
-from fx_workers.protocol import HEADER_KIND, BatchStatus, CompletionSignal
+from fx_workers.protocol import HEADER_KIND, BatchStatus, CompletionSignal, PartStats
+from fx_workers.store.signals import SignalLedger
 
 PLAN = "0123456789abcdef"
 KWARGS: dict = {
@@ -30,12 +31,16 @@ KWARGS: dict = {
 }
 
 
+ONE_ROW = PartStats(rows=1, nan=[0], min=[1.0], max=[1.0], sum=[1.0], sumsq=[1.0], hist=[[0, 1]])
+
+
 def signal(batch_id: int, status: BatchStatus = BatchStatus.OK, run_id: str = KWARGS["run_id"],
            plan: str = PLAN, *, transient: bool = False) -> CompletionSignal:
-    """A signal as headers would describe it; only a failed one is ever decoded, so no proof is needed."""
-    return CompletionSignal.model_construct(run_id=run_id, plan=plan, batch_id=batch_id, status=status,
-                                            error=None if status is BatchStatus.OK else "boom", worker_id="1",
-                                            transient=transient)
+    if status is BatchStatus.FAILED:
+        return CompletionSignal(run_id=run_id, plan=plan, batch_id=batch_id, status=status, error="boom",
+                                worker_id="1", transient=transient)
+    return CompletionSignal(run_id=run_id, plan=plan, batch_id=batch_id, status=status, worker_id="1", accounts=1,
+                            transfers=1, checksum="a" * 32, nodes=ONE_ROW, edges=ONE_ROW)
 
 
 class FakeMessage:
@@ -104,6 +109,15 @@ def test_run_counts_distinct_batches_of_its_run() -> None:
     assert consumer.closed
 
 
+def test_the_event_carries_what_was_counted_for_aggregate() -> None:
+    consumer = FakeConsumer([FakeMessage(s) for s in (signal(0), signal(0), signal(1, plan="fedcba9876543210"),
+                                                      signal(1), signal(2))])
+    payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
+    ledger = SignalLedger.model_validate(payload["ledger"])
+    assert (sorted(ledger.counted), ledger.duplicates, ledger.foreign) == ([0, 1, 2], 1, 1)
+    assert ledger.stats["nodes"].rows == 3 and ledger.offsets == {0: 1, 1: 0}
+
+
 def test_run_fails_fast_on_a_failed_batch() -> None:
     consumer = FakeConsumer([FakeMessage(signal(0)), FakeMessage(signal(1, BatchStatus.FAILED))])
     payload = asyncio.run(first_event(BatchCompletionTrigger(**KWARGS), consumer))
@@ -146,9 +160,9 @@ def test_run_times_out_with_the_missing_batches() -> None:
 
 
 def test_progress_line() -> None:
-    progress = BatchProgress("r", total=4)
-    progress.add(0)
-    assert "batches=1/4 (25%)" in progress.line()
+    ledger = SignalLedger(run_id=KWARGS["run_id"], plan=PLAN, batches=4)
+    ledger.add(signal(0))
+    assert "batches=1/4 (25%) batches_per_s=0.50 elapsed=2s eta=6s" in progress_line(ledger, 2.0)
 
 
 def already_there(*signals: CompletionSignal) -> mock._patch:
@@ -169,10 +183,10 @@ def test_operator_defers_and_completes() -> None:
 
     done = {"status": "done", "run_id": "r", "total": 3, "seconds": 1.0}
     assert operator.execute_complete({}, done) == done
-    failed = BatchProgress("r", total=3)
-    failed.add(2, "worker 1: boom")
+    failed = SignalLedger(run_id=KWARGS["run_id"], plan=PLAN, batches=3)
+    failed.add(signal(2, BatchStatus.FAILED))
     with pytest.raises(BatchesFailedError, match="failed batches"):
-        operator.execute_complete({}, failed.event("failed"))
+        operator.execute_complete({}, ledger_event(failed, "failed", 1.0))
 
 
 def test_operator_does_not_defer_when_every_batch_already_signalled() -> None:
@@ -191,10 +205,11 @@ def test_operator_does_not_defer_when_every_batch_already_signalled() -> None:
 
 
 def retry_event(failures: int, deadline: float) -> dict:
-    progress = BatchProgress("r", total=3, resent={1: failures - 1})
+    ledger = SignalLedger(run_id="r", plan=PLAN, batches=3, resent={1: failures - 1})
     for _ in range(failures):
-        progress.add(1, "worker 1: Neo4j unavailable", transient=True)
-    return {**progress.event("retry"), "deadline": deadline}
+        ledger.add(CompletionSignal(run_id="r", plan=PLAN, batch_id=1, status=BatchStatus.FAILED, worker_id="1",
+                                    error="Neo4j unavailable", transient=True))
+    return {**ledger_event(ledger, "retry", 1.0), "deadline": deadline}
 
 
 def test_operator_sends_outage_failures_again_within_budget_and_deadline() -> None:
