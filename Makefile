@@ -1,5 +1,5 @@
 # fx: every target is idempotent and says what it does. `make help` lists them.
-# The stack itself (start, health, stop by PID) lives in stack/stackctl.py.
+# The stack itself (start, health, stop by PID) lives in the ops package (`python -m ops`).
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 FX := $(VENV)/bin/fx
-STACKCTL := $(PY) stack/stackctl.py
+STACKCTL := $(PY) -m ops
 STACK_ENV := .stack/env
 DEPS_STAMP := $(VENV)/.deps.sha256
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -65,7 +65,7 @@ demo: up ## Load the sample graph, run fx_extract through Airflow, show the veri
 	@$(FX) load data/sample.csv --replace
 	@echo "demo: checking services, topics and graph"
 	@$(FX) doctor
-	@source $(STACK_ENV) && $(PY) stack/demo.py
+	@source $(STACK_ENV) && $(PY) -m ops.demo
 
 # tests/scale starts clusters of its own (Redis Cluster, three Kafka brokers) next to the stack (about
 # 6.5 minutes on 2 cores); `make test-scale` runs only those.

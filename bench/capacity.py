@@ -4,7 +4,7 @@
 default) and AMLSim's under labels of their own (private slices of the shared stack: labels, topics,
 consumer group and Redis prefix, all dropped at the end; the stack's own graph is never replaced),
 starts a standalone Redis and a 3-master Redis Cluster of its own on free loopback ports (with
-``stack/stackctl.py``'s functions, configured as ``make up`` configures the stack's), and measures:
+``ops``' functions, configured as ``make up`` configures the stack's), and measures:
 
 - Neo4j: the workers' batch reads (``read_graph``) at 500, 1000 and 2000 accounts per batch, as wall
   time and as the server's own time (each query's ``result_available_after + result_consumed_after``);
@@ -60,13 +60,16 @@ from fx_workers.engine.extract import read_graph
 from fx_workers.engine.graph import Cypher, open_driver, read_accounts
 from fx_workers.protocol import PRODUCER_CONFIG, READER_CONFIG, ExtractionRequest
 from fx_workers.steps.plan import lpt_batches
+from fx_workers.steps.topics import ensure_topics
 from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.writer import BatchWriter
 from fx_workers.tools.doctor import kafka_admin
-from tests.integration.pipeline_env import Slice
-from tests.scale.conftest import free_ports, import_stackctl, redis_cluster
+from ops.fixtures import Slice, free_ports, redis_cluster
+from ops.process import Layout, running, stop
+from ops.redis import redis_service
+from ops.stack import up
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -102,23 +105,22 @@ DEPLOYMENTS = {
 @contextmanager
 def own_redis(root: Path, mode: str) -> Iterator[dict[str, str]]:
     """A standalone server or a 3-master cluster of our own on free loopback ports, started and stopped
-    by PID with ``stack/stackctl.py``'s functions (ACL users, persistence as ``config.yaml`` says, like
+    by PID with ``ops``' functions (ACL users, persistence as ``config.yaml`` says, like
     the stack's); yields the ``FX__`` variables that point fx at it."""
     if mode == "cluster":
         with redis_cluster(root) as cluster:
             yield cluster.env
         return
-    stackctl = import_stackctl()
     env = {"FX__REDIS__PORT": str(free_ports(1)), "FX__REDIS__PASSWORD_FILE": str(root / "redis-password"),
            "FX__STACK__DIR": str(root / "stack")}
     own = load_settings(environ={**os.environ, **env})
-    layout = stackctl.Layout(own.stack.dir)
-    service = stackctl.redis_service(own, layout)
+    layout = Layout(own.stack.dir)
+    service = redis_service(own, layout)
     try:
-        stackctl.up(own, layout, [service])
+        up(own, layout, [service])
         yield env
     finally:
-        stackctl.stop(service.name, layout)
+        stop(service.name, layout)
 
 
 @contextmanager
@@ -163,12 +165,12 @@ class OwnServers:
     @classmethod
     def of(cls, settings: Settings) -> OwnServers:
         r = settings.redis
-        layout = import_stackctl().Layout(settings.stack.dir)
+        layout = Layout(settings.stack.dir)
         if r.mode == "cluster":
             addresses, names = r.addresses(), [f"redis-{port}" for _, port in r.addresses()]
         else:
             addresses, names = [(r.host, r.port)], ["redis"]
-        processes = [import_stackctl().running(layout, name) for name in names]
+        processes = [running(layout, name) for name in names]
         if None in processes:
             raise BenchError(f"our own Redis under {settings.stack.dir} is not running ({', '.join(names)})")
         nodes = [redis.Redis(host=host, port=port, username=r.user, password=r.secret()) for host, port in addresses]
@@ -330,8 +332,6 @@ def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], a
     slice's results topic (produced with fx's producer settings, then consumed)."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from bench.distributed import create_topics
-
     request = ExtractionRequest(run_id="capacity", plan="0" * 16, batch_id=0, batches=1, as_of=as_of,
                                 schema_version=SCHEMA_VERSION, ids=ids)
     client = open_redis(settings.redis)
@@ -339,7 +339,7 @@ def measure_kafka(settings: Settings, features: BatchFeatures, ids: list[str], a
     clear_prefix(client, settings.redis.prefix)
     payload = signal.encode()
     kafka = {"bootstrap.servers": settings.kafka.bootstrap_servers}
-    create_topics(kafka_admin(settings.kafka), settings)
+    ensure_topics(kafka_admin(settings.kafka), settings)
     topic = settings.kafka.topics.results
     producer = Producer(kafka | PRODUCER_CONFIG)
     consumer = Consumer(kafka | READER_CONFIG | {"group.id": f"{topic}-capacity"})

@@ -30,7 +30,7 @@ from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry
-from fx_workers.tools.stack import AirflowApi, airflow_home
+from ops.airflow import AirflowApi, airflow_home
 
 if TYPE_CHECKING:
     from fx_workers.config import Settings

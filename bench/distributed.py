@@ -31,7 +31,7 @@ from fx_workers.protocol import READER_CONFIG
 from fx_workers.steps.aggregate import aggregate_run
 from fx_workers.steps.plan import Plan, make_plan, request_messages
 from fx_workers.steps.publish import conclude
-from fx_workers.steps.topics import end_offsets, missing_topics
+from fx_workers.steps.topics import end_offsets, ensure_topics
 from fx_workers.steps.verify import verify_run
 from fx_workers.store.client import open_redis
 from fx_workers.store.signals import SignalLedger
@@ -83,15 +83,6 @@ def remove_leftovers(admin: AdminClient) -> None:
     if groups:
         for future in admin.delete_consumer_groups(groups).values():
             future.exception()  # a group whose members have not timed out yet goes next time
-
-
-def create_topics(admin: AdminClient, settings: Settings) -> None:
-    """The measurement's topics, as the DAG's plan task creates them."""
-    from confluent_kafka.admin import NewTopic
-
-    new = [NewTopic(name, partitions, replication) for name, partitions, replication in missing_topics(admin, settings)]
-    for future in admin.create_topics(new, operation_timeout=30).values():
-        future.result()
 
 
 @contextmanager
@@ -178,7 +169,7 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
     kafka = {"bootstrap.servers": settings.kafka.bootstrap_servers}
     admin = AdminClient(kafka)
     remove_leftovers(admin)
-    create_topics(admin, settings)
+    ensure_topics(admin, settings)
     client = open_redis(settings.redis)
     results = settings.kafka.topics.results
     reader = Consumer(kafka | READER_CONFIG | {"group.id": f"{PREFIX}{tag}-reader"})

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import redis
 
     from fx_workers.config import Settings
-    from tests.integration.pipeline_env import Slice, Workers
+    from ops.fixtures import Slice
+    from tests.integration.pipeline_env import Workers
 
 BATCH_SIZE = 40
 """Small batches: a 5,000-transfer graph becomes ~16 batches, so a fault lands mid-run."""
@@ -58,12 +59,12 @@ def stack_pid(settings: Settings, service: str) -> int:
 
 
 def restart_service(settings: Settings, service: str, down_seconds: float) -> None:
-    """SIGKILL a stack service's process group, leave it down a while, then ``stackctl up`` brings it back."""
+    """SIGKILL a stack service's process group, leave it down a while, then ``python -m ops up`` brings it back."""
     pid = stack_pid(settings, service)
     for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
         proc.send_signal(signal.SIGKILL)
     time.sleep(down_seconds)
-    subprocess.run((sys.executable, "stack/stackctl.py", "up"), cwd=REPO_ROOT, check=True, capture_output=True,
+    subprocess.run((sys.executable, "-m", "ops", "up"), cwd=REPO_ROOT, check=True, capture_output=True,
                    timeout=300)
 
 

@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ops.fixtures import AS_OF
 from tests.faults import conftest
 from tests.faults.harness import BATCH_SIZE, FAULTS, Harness
-from tests.integration.pipeline_env import AS_OF, Workers, dags_test, migrated_airflow
+from tests.integration.pipeline_env import Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import redis
 
-    from tests.integration.pipeline_env import Slice
+    from ops.fixtures import Slice
 
 FULL = {"worker_sigkill": 20, "kafka_restart": 20, "worker_sigterm": 5, "worker_lost": 5, "neo4j_restart": 5,
         "redis_restart": 5, "neo4j_outage": 5}

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
+from ops.fixtures import AS_OF, Slice
 from tests.faults import conftest
 from tests.faults.harness import Outcome, restart_service, stack_pid
-from tests.integration.pipeline_env import AS_OF, Slice, StackAirflow
+from tests.integration.pipeline_env import StackAirflow
 
 if TYPE_CHECKING:
     import redis
@@ -59,7 +60,7 @@ def published(airflow: StackAirflow, stack: Slice, client: redis.Redis, run_id: 
 
 
 def stop_workers(settings: Settings) -> None:
-    """Stop the stack's workers warm, so ``wait_for_workers`` stays deferred; ``stackctl up`` restarts them."""
+    """Stop the stack's workers warm, so ``wait_for_workers`` stays deferred; ``python -m ops up`` restarts them."""
     procs = [psutil.Process(stack_pid(settings, f"worker-{i}")) for i in range(settings.workers.count)]
     for proc in procs:
         proc.terminate()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from fx_workers.config import Settings
     from fx_workers.tools.doctor import Check
-    from tests.integration.pipeline_env import Slice
+    from ops.fixtures import Slice
 
 
 def require(checks: Callable[[Settings], Iterator[Check]], settings: Settings) -> None:
@@ -61,8 +61,8 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="module")
 def piece(redis_client, kafka_admin, neo4j_driver, tmp_path_factory) -> Iterator[Slice]:
-    """A graph, topics, consumer group and Redis prefix of the module's own (see pipeline_env)."""
-    from tests.integration.pipeline_env import Slice
+    """A graph, topics, consumer group and Redis prefix of the module's own (see ops.fixtures)."""
+    from ops.fixtures import Slice
 
     piece = Slice.create()
     piece.load_graph(tmp_path_factory.mktemp("graph"), kafka_admin)

@@ -1,134 +1,30 @@
-"""A private slice of the shared stack for the distributed tests.
-
-Other engineers' tests and the stack's own workers use the same Neo4j, Kafka and Redis, so these
-tests get their own graph labels, topics, consumer group and Redis prefix through ``FX__*``
-overrides, and their own Airflow metadata database. Nothing they write is visible to anyone else.
+"""The distributed tests' pieces around a private slice of the shared stack (``ops.fixtures.Slice``):
+its workers, ``airflow dags test`` with an Airflow metadata database of its own, and the stack's own
+Airflow driven as a user would.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fx_workers.config import REPO_ROOT, load_settings
+from fx_workers.config import REPO_ROOT
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry
+from ops import airflow
+from ops.fixtures import AS_OF
 
 if TYPE_CHECKING:
+    from pathlib import Path
 
     import redis
-    from confluent_kafka.admin import AdminClient
     from neo4j import Driver
 
     from fx_workers.config import Settings
-
-GENERATED_TRANSACTIONS = 5_000
-AS_OF = 1_735_000_000
-"""Inside the generated graph's time range, so some transfers are after it."""
-
-
-def overrides(tag: str) -> dict[str, str]:
-    return {
-        "FX__GRAPH__ACCOUNT_LABEL": f"T{tag}Account",
-        "FX__GRAPH__TRANSFER_TYPE": f"T{tag}_TRANSFER",
-        "FX__KAFKA__TOPICS__REQUESTS": f"fx-test-{tag}-requests",
-        "FX__KAFKA__TOPICS__RESULTS": f"fx-test-{tag}-results",
-        "FX__KAFKA__TOPICS__DEAD_LETTER": f"fx-test-{tag}-dlq",
-        "FX__KAFKA__CONSUMER_GROUP": f"fx-test-{tag}",
-        "FX__REDIS__PREFIX": f"fxtest{tag}",
-    }
-
-
-@dataclass
-class Slice:
-    """Settings and a subprocess environment that point at this slice."""
-
-    settings: Settings
-    env: dict[str, str]
-
-    @classmethod
-    def create(cls) -> Slice:
-        extra = overrides(uuid.uuid4().hex[:8])
-        env = {**os.environ, **extra}
-        return cls(load_settings(environ=env), env)
-
-    def start_worker(self, worker_id: int, log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A worker of the slice; ``extra`` overrides its environment (a broken endpoint, say)."""
-        with log.open("ab") as out:
-            return subprocess.Popen((sys.executable, "-m", "fx_workers", "--worker-id", str(worker_id)),
-                                    env={**self.env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT)
-
-    @property
-    def keys(self) -> RedisKeys:
-        return RedisKeys(self.settings.redis.prefix)
-
-    def registry(self, client: redis.Redis) -> RunRegistry:
-        return RunRegistry(client, self.keys)
-
-    def load_graph(self, folder: Path, admin: AdminClient, csv: Path | None = None) -> None:
-        """A graph under the slice's labels (generated unless ``csv`` is given), and the slice's topics."""
-        from confluent_kafka.admin import NewTopic
-
-        from fx_workers.steps.topics import missing_topics
-        from fx_workers.tools.generate import write_csv
-        from fx_workers.tools.load import load_csv
-
-        if csv is None:
-            csv = folder / "graph.csv"
-            write_csv(csv, transactions=GENERATED_TRANSACTIONS, seed=11)
-        load_csv(csv, self.settings, replace=True)
-        missing = [NewTopic(name, partitions, replication) for name, partitions, replication in
-                   missing_topics(admin, self.settings)]
-        for future in admin.create_topics(missing).values():
-            future.result(timeout=30)
-
-    def local_snapshot(self, client: redis.Redis, as_of: int = AS_OF) -> dict[str, bytes]:
-        """What ``fx extract --local`` writes for ``as_of``, as :meth:`snapshot` shows it."""
-        from fx_workers.steps.local import run_local
-
-        summary = run_local(self.settings, as_of=as_of)
-        assert summary.verification.ok, str(summary.verification)
-        return self.snapshot(client, summary.run_id)
-
-    def snapshot(self, client: redis.Redis, run_id: str | None = None) -> dict[str, bytes]:
-        """Every record of a run (default: the published one) as stored (packed bytes), keyed without the
-        run's namespace, so two runs of the same graph and as_of compare equal exactly when they stored the
-        same bytes."""
-        run_id = run_id or self.registry(client).latest()
-        assert run_id is not None, "no published run"
-        namespace = self.keys.of_run(run_id)
-        head = len(namespace.namespace) + 1
-        keys = sorted(k for k in client.scan_iter(namespace.pattern, count=10_000)
-                      if not k.decode()[head:].startswith("plan:"))
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return {key.decode()[head:]: values for key, values in zip(keys, pipe.execute(), strict=True)}
-
-    def drop(self, client: redis.Redis, admin: AdminClient, driver: Driver) -> None:
-        """Remove everything the slice wrote: Redis keys, topics, nodes, their constraints and index."""
-        keys = list(client.scan_iter(f"{self.settings.redis.prefix}:*", count=10_000))  # the prefix is the slice's
-        for start in range(0, len(keys), 10_000):
-            client.delete(*keys[start : start + 10_000])
-        topics = self.settings.kafka.topics
-        admin.delete_topics([topics.requests, topics.results, topics.dead_letter])
-        graph = self.settings.graph
-        database = self.settings.neo4j.database
-        driver.execute_query(f"MATCH (a:{graph.account_label}) DETACH DELETE a", database_=database)
-        for name in (f"{graph.account_label}_{graph.id_property}_unique",
-                     f"{graph.transfer_type}_{graph.tx_id_property}_unique"):
-            driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)
-        driver.execute_query(f"DROP INDEX {graph.transfer_type}_{graph.ts_property} IF EXISTS", database_=database)
-
+    from ops.fixtures import Slice
 
 AIRFLOW = str(REPO_ROOT / ".venv" / "bin" / "airflow")
 
@@ -180,9 +76,7 @@ class StackAirflow:
     DAG = "/api/v2/dags/fx_extract"
 
     def __init__(self, settings: Settings) -> None:
-        from fx_workers.tools.stack import AirflowApi
-
-        self.settings, self.env, self.api = settings, stack_env(settings), AirflowApi(settings)
+        self.settings, self.env, self.api = settings, stack_env(settings), airflow.AirflowApi(settings)
 
     def prepare(self, driver: Driver) -> None:
         """Load the bundled sample graph when the stack has none, unpause the DAG and let any run it
@@ -241,7 +135,5 @@ def migrated_airflow(piece: Slice, home: Path) -> dict[str, str]:
 
 def airflow_env(piece: Slice, home: Path) -> dict[str, str]:
     """The slice's environment plus Airflow's, with its own metadata database under ``home``."""
-    from fx_workers.tools.stack import env
-
-    return {**piece.env, **env(piece.settings), "AIRFLOW_HOME": str(home),
+    return {**piece.env, **airflow.airflow_env(piece.settings), "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.pipeline_env import AS_OF, Slice, StackAirflow, Workers, dags_test, migrated_airflow
+from ops.fixtures import AS_OF, Slice
+from tests.integration.pipeline_env import StackAirflow, Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

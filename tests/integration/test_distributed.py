@@ -27,7 +27,7 @@ from fx_workers.steps.topics import end_offsets
 from fx_workers.steps.verify import verify_run
 from fx_workers.store.plan_store import PlanStore
 from fx_workers.worker import Worker
-from tests.integration.pipeline_env import AS_OF, Slice
+from ops.fixtures import AS_OF, Slice
 
 if TYPE_CHECKING:
     import redis

@@ -20,7 +20,7 @@ from fx_workers.store.bulk import decode_rows, encode_rows
 from fx_workers.store.reader import FeatureReader
 from fx_workers.store.records import decode_record
 from fx_workers.tools.generate import write_csv
-from tests.integration.pipeline_env import Slice
+from ops.fixtures import Slice
 from tests.reference import Reference, Transfer
 
 if TYPE_CHECKING:

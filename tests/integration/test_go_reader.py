@@ -21,7 +21,7 @@ from fx_workers.store.records import schema_fields
 from fx_workers.store.runs import RunStatus
 from fx_workers.store.writer import BatchWriter
 from fx_workers.tools.generate import write_csv
-from tests.integration.pipeline_env import AS_OF, Slice
+from ops.fixtures import AS_OF, Slice
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

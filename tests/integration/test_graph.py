@@ -10,7 +10,7 @@ from neo4j import Neo4jDriver
 
 from fx_workers.config import GraphModel, load_settings
 from fx_workers.engine.graph import Cypher, open_driver, read_accounts
-from tests.integration.pipeline_env import Slice
+from ops.fixtures import Slice
 
 if TYPE_CHECKING:
     from neo4j import Driver

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis as redis_py
 
-from fx_workers.tools.stack import REDIS_READER, reader_password_file
+from ops.redis import REDIS_READER, reader_password_file
 
 if TYPE_CHECKING:
     import redis

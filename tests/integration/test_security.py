@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from fx_workers.config import REPO_ROOT
-from fx_workers.tools.stack import REDIS_READER, reader_password_file
+from ops.redis import REDIS_READER, reader_password_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

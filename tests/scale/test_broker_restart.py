@@ -1,5 +1,5 @@
 """A restart of the only broker does not fence the workers' consumers: a private single-node Kafka
-next to the stack is SIGKILLed and started again by ``stackctl up`` while two consumers built by
+next to the stack is SIGKILLed and started again by ``ops.stack.up`` while two consumers built by
 ``new_consumer`` hold uncommitted messages, as workers inside a batch do; their commits after the
 restart must not come back ``FENCED_INSTANCE_ID`` (fatal to a static member, which then had to be
 rebuilt). With ``session.timeout.ms`` 10 s, both were fenced (docs/operations.md)."""
@@ -16,7 +16,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from fx_workers.config import load_settings
 from fx_workers.worker.transport import new_consumer
-from tests.scale.conftest import free_ports, import_stackctl
+from ops.fixtures import free_ports
+from ops.kafka import kafka_services
+from ops.process import Layout, read_pid, stop
+from ops.stack import up
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +28,6 @@ if TYPE_CHECKING:
 
     from fx_workers.config import Settings
 
-stackctl = import_stackctl()
 
 
 def first_message(consumer: Consumer, deadline: float) -> Message:
@@ -49,11 +51,11 @@ def test_a_broker_restart_does_not_fence_the_workers(tmp_path: Path, settings: S
     (tmp_path / "lib").symlink_to(settings.stack.dir / "lib")  # the jars `make setup` fetched
     own = load_settings(environ={**os.environ, "FX__STACK__DIR": str(tmp_path), "FX__STACK__KAFKA_HEAP": "256m",
                                  "FX__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_ports(2)}"})
-    layout = stackctl.Layout(own.stack.dir)
-    kafka = stackctl.kafka_services(own, layout)
+    layout = Layout(own.stack.dir)
+    kafka = kafka_services(own, layout)
     consumers: list[Consumer] = []
     try:
-        stackctl.up(own, layout, kafka)
+        up(own, layout, kafka)
         producer = Producer({"bootstrap.servers": own.kafka.bootstrap_servers})
         for key in range(4 * own.kafka.partitions.requests):
             producer.produce(own.kafka.topics.requests, key=str(key).encode(), value=b"request")
@@ -62,11 +64,11 @@ def test_a_broker_restart_does_not_fence_the_workers(tmp_path: Path, settings: S
         deadline = time.monotonic() + 60
         held = [first_message(consumer, deadline) for consumer in consumers]
 
-        pid = stackctl.read_pid(layout, "kafka").pid  # as tests/faults' kafka_restart does
+        pid = read_pid(layout, "kafka").pid  # as tests/faults' kafka_restart does
         for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
             proc.send_signal(signal.SIGKILL)
         time.sleep(3)
-        stackctl.up(own, layout, kafka)
+        up(own, layout, kafka)
         time.sleep(2)  # the coordinator has reloaded the group; the workers have not polled since
 
         errors = [commit_error(consumer, message) for consumer, message in zip(consumers, held, strict=True)]
@@ -80,4 +82,4 @@ def test_a_broker_restart_does_not_fence_the_workers(tmp_path: Path, settings: S
         for consumer in consumers:
             consumer.close()
         for service in kafka:
-            stackctl.stop(service.name, layout)
+            stop(service.name, layout)

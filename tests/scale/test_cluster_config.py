@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fx_workers.config import ConfigError, load_settings
-from fx_workers.tools.stack import env, redis_acl
-from tests.scale.conftest import import_stackctl
+from ops.airflow import airflow_env
+from ops.process import Layout, StackError
+from ops.redis import redis_acl
+from ops.redis_cluster import REDIS_CLUSTER_ADMIN, redis_cluster_admin_file, redis_cluster_nodes, redis_cluster_services
+from ops.stack import env_exports, services
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,39 +79,37 @@ def cluster_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 def test_the_stack_runs_replicas_on_the_ports_after_the_masters(cluster_settings: Callable[..., Settings]) -> None:
-    stackctl = import_stackctl()
-    assert [port for _, port in stackctl.redis_cluster_nodes(cluster_settings(replicas=1))] == [
+    assert [port for _, port in redis_cluster_nodes(cluster_settings(replicas=1))] == [
         7000, 7001, 7002, 7003, 7004, 7005]
-    with pytest.raises(stackctl.StackError, match=r"at least 3 masters in redis\.nodes"):
-        stackctl.redis_cluster_nodes(cluster_settings("127.0.0.1:7000,127.0.0.1:7001"))
-    with pytest.raises(stackctl.StackError, match="loopback"):
-        stackctl.redis_cluster_nodes(cluster_settings("10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000"))
+    with pytest.raises(StackError, match=r"at least 3 masters in redis\.nodes"):
+        redis_cluster_nodes(cluster_settings("127.0.0.1:7000,127.0.0.1:7001"))
+    with pytest.raises(StackError, match="loopback"):
+        redis_cluster_nodes(cluster_settings("10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000"))
 
 
 def test_cluster_nodes_keep_passwords_off_the_command_line(cluster_settings: Callable[..., Settings]) -> None:
-    stackctl = import_stackctl()
     settings = cluster_settings()
-    layout = stackctl.Layout(settings.stack.dir)
-    nodes = stackctl.redis_cluster_services(settings, layout)
+    layout = Layout(settings.stack.dir)
+    nodes = redis_cluster_services(settings, layout)
     assert [node.name for node in nodes] == ["redis-7000", "redis-7001", "redis-7002"]
     assert nodes[-1].needs == ("redis-7000", "redis-7001") and nodes[-1].ready is not None
     nodes[0].prepare()
     conf = settings.stack.dir / "redis-cluster" / "7000" / "redis.conf"
-    admin = stackctl.redis_cluster_admin_file(layout).read_text().strip()
+    admin = redis_cluster_admin_file(layout).read_text().strip()
     assert nodes[0].command == ("redis-server", str(conf)) and nodes[0].ports == (7000, 17000)
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
     text = conf.read_text()
-    assert "cluster-enabled yes" in text and f"masteruser {stackctl.REDIS_CLUSTER_ADMIN}\nmasterauth {admin}" in text
+    assert "cluster-enabled yes" in text and f"masteruser {REDIS_CLUSTER_ADMIN}\nmasterauth {admin}" in text
     acl = (settings.stack.dir / "redis-cluster" / "users.acl").read_text()
     assert admin not in acl and "writer-secret" not in acl
-    assert f"user {stackctl.REDIS_CLUSTER_ADMIN} reset on resetchannels -@all +cluster +psync " in acl
+    assert f"user {REDIS_CLUSTER_ADMIN} reset on resetchannels -@all +cluster +psync " in acl
 
-    workers = [s for s in stackctl.services(settings, layout) if s.name.startswith("worker-")]
+    workers = [s for s in services(settings, layout) if s.name.startswith("worker-")]
     assert workers[0].needs[-3:] == ("redis-7000", "redis-7001", "redis-7002") and "redis" not in workers[0].needs
 
 
 def test_airflow_reaches_the_cluster_through_fx_redis(cluster_settings: Callable[..., Settings]) -> None:
-    connection = json.loads(env(cluster_settings())["AIRFLOW_CONN_FX_REDIS"])
+    connection = json.loads(airflow_env(cluster_settings())["AIRFLOW_CONN_FX_REDIS"])
     assert (connection["host"], connection["port"], connection["login"]) == ("127.0.0.1", 7000, "fx")
     assert connection["extra"] == {"cluster": True,
                                    "startup_nodes": "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"}
@@ -116,6 +117,6 @@ def test_airflow_reaches_the_cluster_through_fx_redis(cluster_settings: Callable
 
 def test_the_stack_env_names_the_cluster(cluster_settings: Callable[..., Settings]) -> None:
     """``source .stack/env`` in a new shell reaches the cluster ``make up`` started from the environment."""
-    exported = import_stackctl().env_exports(cluster_settings())
+    exported = env_exports(cluster_settings())
     assert (exported["FX__REDIS__MODE"], exported["FX__REDIS__NODES"]) == (
         "cluster", "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")

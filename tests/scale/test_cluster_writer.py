@@ -19,7 +19,7 @@ from fx_workers.store.reader import FeatureReader
 from fx_workers.store.records import schema_fields
 from fx_workers.store.runs import RunRegistry
 from fx_workers.store.writer import BatchWriter, features_checksum
-from tests.scale.conftest import redis_cluster
+from ops.fixtures import redis_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

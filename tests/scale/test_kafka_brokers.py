@@ -12,26 +12,27 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka.admin import ConfigResource, NewTopic
+from confluent_kafka.admin import ConfigResource
 
 from fx_workers.config import ConfigError, load_settings
 from fx_workers.protocol import PRODUCER_CONFIG
-from fx_workers.steps.topics import missing_topics
+from fx_workers.steps.topics import ensure_topics
 from fx_workers.tools.doctor import kafka_admin
-from tests.integration.pipeline_env import Slice, Workers, dags_test, migrated_airflow
-from tests.scale.conftest import free_ports, import_stackctl
+from ops.fixtures import Slice, free_ports
+from ops.kafka import kafka_nodes, kafka_services, server_properties, with_all_brokers
+from ops.process import Layout, StackError, running, signal_group
+from ops.stack import down, env_exports, up
+from tests.integration.pipeline_env import Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-    from types import ModuleType
 
     import redis
     from confluent_kafka.admin import AdminClient
 
     from fx_workers.config import Settings
 
-stackctl: ModuleType = import_stackctl()
 BATCH_SIZE = 20
 """A 5,000-transfer graph in about 30 batches: the kill lands after a few and well before the last."""
 KILL_AFTER_BATCHES = 3
@@ -57,37 +58,41 @@ def test_one_broker_is_the_default_and_only_one_or_three_are_accepted() -> None:
 
 def test_three_brokers_two_ports_apart_with_their_controllers_between(tmp_path: Path) -> None:
     settings = three_brokers(tmp_path)
-    nodes = stackctl.kafka_nodes(settings)
+    nodes = kafka_nodes(settings)
     assert [(n.name, n.node_id, n.address, n.controller_port) for n in nodes] == [
         ("kafka", 1, "127.0.0.1:9092", 9093), ("kafka-2", 2, "127.0.0.1:9094", 9095),
         ("kafka-3", 3, "127.0.0.1:9096", 9097)]
-    services = stackctl.kafka_services(settings, stackctl.Layout(tmp_path))
+    services = kafka_services(settings, Layout(tmp_path))
     assert [(s.name, s.ports) for s in services] == [("kafka", (9092, 9093)), ("kafka-2", (9094, 9095)),
                                                      ("kafka-3", (9096, 9097))]
     assert [s.ready is not None for s in services] == [True, False, False]  # the first creates the topics
     assert len({s.command[-1] for s in services}) == 3  # a server.properties (and data) each
     # The full list is accepted as well; another list would point clients at brokers the stack never runs.
     full = "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
-    assert [n.address for n in stackctl.kafka_nodes(three_brokers(tmp_path, full))] == full.split(",")
-    with pytest.raises(stackctl.StackError, match=r"set kafka\.bootstrap_servers to those or to the first alone"):
-        stackctl.kafka_nodes(three_brokers(tmp_path, "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"))
+    assert [n.address for n in kafka_nodes(three_brokers(tmp_path, full))] == full.split(",")
+    with pytest.raises(StackError, match=r"set kafka\.bootstrap_servers to those or to the first alone"):
+        kafka_nodes(three_brokers(tmp_path, "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"))
 
 
 def test_one_broker_keeps_its_name_ports_and_home(tmp_path: Path) -> None:
     settings = load_settings(environ={"FX__STACK__DIR": str(tmp_path)})
-    [service] = stackctl.kafka_services(settings, stackctl.Layout(tmp_path))
+    [service] = kafka_services(settings, Layout(tmp_path))
     assert (service.name, service.ports) == ("kafka", (9092, 9093))
     assert service.command[-1] == str(tmp_path / "kafka" / "server.properties")
-    assert not {"FX__KAFKA__BOOTSTRAP_SERVERS", "FX__STACK__KAFKA_BROKERS"} & set(stackctl.env_exports(settings))
+    assert not {"FX__KAFKA__BOOTSTRAP_SERVERS", "FX__STACK__KAFKA_BROKERS"} & set(env_exports(settings))
 
 
 def test_topics_are_replicated_on_every_broker_two_in_sync_with_three(tmp_path: Path) -> None:
-    assert stackctl.topic_replication(load_settings(environ={})) == (1, {})
-    assert stackctl.topic_replication(three_brokers(tmp_path)) == (3, {"min.insync.replicas": "2"})
+    def defaults(settings: Settings) -> str:
+        nodes = kafka_nodes(settings)
+        return server_properties(nodes[0], nodes, tmp_path)
+
+    assert "default.replication.factor=1\nmin.insync.replicas=1\n" in defaults(load_settings(environ={}))
+    assert "default.replication.factor=3\nmin.insync.replicas=2\n" in defaults(three_brokers(tmp_path))
 
 
 def test_every_client_of_the_stack_gets_all_brokers_and_producers_wait_for_the_replicas(tmp_path: Path) -> None:
-    exports = stackctl.env_exports(three_brokers(tmp_path))
+    exports = env_exports(three_brokers(tmp_path))
     servers = "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
     assert (exports["FX__KAFKA__BOOTSTRAP_SERVERS"], exports["FX__STACK__KAFKA_BROKERS"]) == (servers, "3")
     connection = json.loads(exports["AIRFLOW_CONN_FX_KAFKA"])  # the DAG's producer, admin and readers
@@ -107,26 +112,21 @@ def brokers(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     own = load_settings(environ={**os.environ, "FX__STACK__DIR": str(root), "FX__STACK__KAFKA_BROKERS": "3",
                                  "FX__STACK__KAFKA_HEAP": "256m",
                                  "FX__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_ports(NODE_PORTS)}"})
-    layout = stackctl.Layout(own.stack.dir)
+    layout = Layout(own.stack.dir)
     try:
-        stackctl.up(own, layout, stackctl.kafka_services(own, layout))
-        yield stackctl.with_all_brokers(own)
+        up(own, layout, kafka_services(own, layout))
+        yield with_all_brokers(own)
     finally:
-        stackctl.down(own, layout)
+        down(own, layout)
 
 
 @pytest.fixture(scope="module")
 def on_brokers(piece: Slice, brokers: Settings) -> Slice:
     """The module's slice (graph, topic names, group, prefix) with Kafka on the 3-broker cluster, and its
-    topics created there as the DAG's plan task does (the brokers' default replication)."""
+    topics created there by ``ensure_topics`` (the brokers' default replication)."""
     env = {**piece.env, "FX__KAFKA__BOOTSTRAP_SERVERS": brokers.kafka.bootstrap_servers}
     moved = Slice(load_settings(environ=env), env)
-    admin = kafka_admin(moved.settings.kafka)
-    missing = [NewTopic(name, partitions, replication) for name, partitions, replication in
-               missing_topics(admin, moved.settings)]
-    for future in admin.create_topics(missing).values():
-        future.result(timeout=30)
-    wait_until_listed(brokers, [topic.topic for topic in missing])
+    wait_until_listed(brokers, ensure_topics(kafka_admin(moved.settings.kafka), moved.settings))
     return moved
 
 
@@ -134,7 +134,7 @@ def wait_until_listed(brokers: Settings, topics: list[str]) -> None:
     """Until every broker lists ``topics``: each learns of a new topic on its own, a moment after the
     others, and a client asks any of them."""
     deadline = time.monotonic() + 60
-    for node in stackctl.kafka_nodes(brokers):
+    for node in kafka_nodes(brokers):
         alone = brokers.kafka.model_copy(update={"bootstrap_servers": node.address})
         while True:
             metadata = kafka_admin(alone).list_topics(timeout=10)  # a new client asks its bootstrap broker (-1)
@@ -178,9 +178,9 @@ def test_a_run_that_loses_a_broker_ends_identical_to_a_clean_run(
             time.sleep(0.05)
         # The workers' group coordinator: commits, the group's state and some partitions' leaders move.
         group = admin.describe_consumer_groups([kafka.consumer_group])[kafka.consumer_group].result(10)
-        victim = next(n for n in stackctl.kafka_nodes(brokers) if n.node_id == group.coordinator.id)
+        victim = next(n for n in kafka_nodes(brokers) if n.node_id == group.coordinator.id)
         led = leaders(admin, topics)
-        stackctl.signal_group(stackctl.running(stackctl.Layout(brokers.stack.dir), victim.name).pid, signal.SIGKILL)
+        signal_group(running(Layout(brokers.stack.dir), victim.name).pid, signal.SIGKILL)
         done_at_kill, killed_at = workers.batches_done(), time.monotonic()
         output, _ = run.communicate(timeout=600)
     finally:
@@ -211,9 +211,9 @@ def test_a_run_that_loses_a_broker_ends_identical_to_a_clean_run(
 def test_down_stops_the_cluster_promptly(brokers: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """Kept last. With controlled shutdown on, the last broker waited for a quorum that had gone, until
     ``stop`` killed it 30 s later."""
-    layout = stackctl.Layout(brokers.stack.dir)
+    layout = Layout(brokers.stack.dir)
     began = time.monotonic()
-    stackctl.down(brokers, layout)
-    assert all(stackctl.running(layout, node.name) is None for node in stackctl.kafka_nodes(brokers))
+    down(brokers, layout)
+    assert all(running(layout, node.name) is None for node in kafka_nodes(brokers))
     assert "killed after" not in capsys.readouterr().out
     assert time.monotonic() - began < 20

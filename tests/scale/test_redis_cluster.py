@@ -19,8 +19,9 @@ from fx_workers.store.reader import META_RUN_ID, FeatureReader
 from fx_workers.tools.doctor import redis_checks
 from fx_workers.tools.export import export_run
 from fx_workers.worker import check_health
-from tests.integration.pipeline_env import AS_OF, Workers, dags_test, migrated_airflow
-from tests.scale.conftest import import_stackctl, redis_cluster
+from ops.fixtures import AS_OF, redis_cluster
+from ops.process import Layout, running
+from tests.integration.pipeline_env import Workers, dags_test, migrated_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,8 +30,7 @@ if TYPE_CHECKING:
     import redis
     from redis.cluster import RedisCluster
 
-    from tests.integration.pipeline_env import Slice
-    from tests.scale.conftest import TestCluster
+    from ops.fixtures import OwnCluster, Slice
 
 BATCH_SIZE = 40
 """A 5,000-transfer graph in about 16 batches: a kill lands mid-run."""
@@ -63,7 +63,7 @@ def standalone(piece: Slice, redis_client: redis.Redis) -> tuple[list[str], list
 
 @dataclass(frozen=True)
 class ClusterRun:
-    cluster: TestCluster
+    cluster: OwnCluster
     piece: Slice
     """The module's slice with its online store on the cluster."""
     env: dict[str, str]
@@ -147,8 +147,7 @@ def test_a_master_killed_mid_run_ends_right_or_fails_loudly(on_cluster: ClusterR
     while on_cluster.workers.batches_done() < 3:
         assert run.poll() is None and time.monotonic() < deadline, "no batch done before the run ended"
         time.sleep(0.02)
-    stackctl = import_stackctl()
-    process = stackctl.running(stackctl.Layout(on_cluster.cluster.root), f"redis-{victim.port}")
+    process = running(Layout(on_cluster.cluster.root), f"redis-{victim.port}")
     process.send_signal(signal.SIGKILL)
     psutil.wait_procs([process], timeout=10)
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     import redis
 
-    from tests.integration.pipeline_env import Slice
+    from ops.fixtures import Slice
 
 pytestmark = pytest.mark.integration  # it needs the local stack
 WORKER_ID = "remote-0"

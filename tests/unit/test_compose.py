@@ -25,7 +25,7 @@ from pydantic import BaseModel, SecretStr
 
 from fx_workers.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 from fx_workers.protocol import PRODUCER_CONFIG
-from fx_workers.tools.stack import REDIS_READER, redis_acl
+from ops.redis import REDIS_READER, redis_acl
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -12,7 +12,7 @@ from airflow.models.connection import Connection
 from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
 
 from fx_workers.config import REPO_ROOT, load_settings
-from fx_workers.tools.stack import _connections
+from ops.airflow import connections
 
 
 @pytest.mark.parametrize("uri", ["bolt://127.0.0.1:7687", "neo4j://127.0.0.1:7687", "neo4j+s://db.example:7688",
@@ -21,7 +21,7 @@ def test_the_airflow_connection_builds_the_configured_uri(uri: str, tmp_path: Pa
     config = tmp_path / "config.yaml"
     shutil.copy(REPO_ROOT / "config.yaml", config)
     settings = load_settings(config, environ={"FX__NEO4J__URI": uri, "FX__NEO4J__PASSWORD": "x"})
-    spec = _connections(settings)["fx_neo4j"]
+    spec = connections(settings)["fx_neo4j"]
     connection = Connection(conn_id="fx_neo4j", conn_type=spec["conn_type"], host=spec["host"], port=spec["port"],
                             login=spec["login"], password=spec["password"], schema=spec["schema"],
                             extra=json.dumps(spec["extra"]))

@@ -1,7 +1,7 @@
 """The end of ``make demo``: trigger ``fx_extract`` through Airflow, follow it, show the result.
 
 Runs with ``.stack/env`` applied (the Makefile sources it), so the ``airflow`` CLI talks to the
-stack. Usage: ``.venv/bin/python stack/demo.py``
+stack. Usage: ``.venv/bin/python -m ops.demo``
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.reader import FeatureReader
 from fx_workers.store.runs import RunRegistry
-from fx_workers.tools.stack import AirflowApi, airflow_home, api_url, passwords_file
+from ops.airflow import AirflowApi, airflow_home, api_url, passwords_file
 
 if TYPE_CHECKING:
     from fx_workers.config import Settings

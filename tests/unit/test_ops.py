@@ -1,14 +1,12 @@
-"""stack/stackctl.py without the real services: generated commands, the env file, and the process
+"""The ops package without the real services: generated commands, the env file, and the process
 lifecycle (detached start, health wait, stop by PID) driven with ``sleep`` as a stand-in program."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -16,26 +14,22 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from fx_workers.config import REPO_ROOT, load_settings
+import ops.stack
+from fx_workers.config import REPO_ROOT, config_path, load_settings
+from ops.__main__ import exclusive
+from ops.airflow import JWT_SECRET_BYTES, airflow_env, airflow_home
+from ops.kafka import kafka_cluster_id
+from ops.neo4j import set_initial_password
+from ops.process import VENV_BIN, Layout, NotReadyError, PidRecord, Service, StackError, running, start, stop
+from ops.redis import REDIS_READER, reader_password_file
+from ops.secrets import generate_secret
+from ops.stack import down, status, up, write_env_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-    from types import ModuleType
 
     from fx_workers.config import Settings
-
-
-def _import_stackctl() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("stackctl", REPO_ROOT / "stack" / "stackctl.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stackctl"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-stackctl = _import_stackctl()
 
 
 @pytest.fixture
@@ -46,34 +40,34 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def layout(settings: Settings) -> stackctl.Layout:
-    return stackctl.Layout(settings.stack.dir)
+def layout(settings: Settings) -> Layout:
+    return Layout(settings.stack.dir)
 
 
 def never() -> str:
-    raise stackctl.NotReadyError("still booting")
+    raise NotReadyError("still booting")
 
 
 @pytest.fixture
-def fake(layout: stackctl.Layout, monkeypatch: pytest.MonkeyPatch) -> Iterator[stackctl.Service]:
+def fake(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """A one-service stack running ``sleep``; healthy once its PID file exists. Stopped afterwards."""
 
     def health() -> str:
         if not layout.pid_file("sleeper").exists():
-            raise stackctl.NotReadyError("no PID file yet")
+            raise NotReadyError("no PID file yet")
         return "asleep"
 
-    service = stackctl.Service(name="sleeper", command=("sleep", "60"), health=health)
-    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [service])
+    service = Service(name="sleeper", command=("sleep", "60"), health=health)
+    monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [service])
     yield service
-    stackctl.stop("sleeper", layout)
+    stop("sleeper", layout)
 
 
-def by_name(settings: Settings, layout: stackctl.Layout) -> dict[str, stackctl.Service]:
-    return {service.name: service for service in stackctl.services(settings, layout)}
+def by_name(settings: Settings, layout: Layout) -> dict[str, Service]:
+    return {service.name: service for service in ops.stack.services(settings, layout)}
 
 
-def test_services_take_ports_and_paths_from_config(settings: Settings, layout: stackctl.Layout) -> None:
+def test_services_take_ports_and_paths_from_config(settings: Settings, layout: Layout) -> None:
     services = by_name(settings, layout)
     assert list(services) == ["kafka", "neo4j", "redis", "worker-0", "worker-1", "airflow-api-server",
                               "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
@@ -91,90 +85,88 @@ def test_services_take_ports_and_paths_from_config(settings: Settings, layout: s
 
 
 def test_the_env_file_exports_the_config_and_puts_the_venv_first(
-    settings: Settings, layout: stackctl.Layout
+    settings: Settings, layout: Layout
 ) -> None:
-    path = stackctl.write_env_file(settings, layout)
+    path = write_env_file(settings, layout)
     assert path.stat().st_mode & 0o777 == 0o600
     shell = f'source {path} && echo "$FX_CONFIG" && command -v python'
     out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == str(stackctl.config_path().resolve())
-    assert out[1] == os.path.join(stackctl.VENV_BIN, "python")
+    assert out[0] == str(config_path().resolve())
+    assert out[1] == os.path.join(VENV_BIN, "python")
 
 
 def test_a_pid_record_refuses_a_reused_pid() -> None:
     me = psutil.Process()
-    assert stackctl.PidRecord(me.pid, me.create_time()).process() is not None
-    assert stackctl.PidRecord(me.pid, me.create_time() - 100).process() is None
+    assert PidRecord(me.pid, me.create_time()).process() is not None
+    assert PidRecord(me.pid, me.create_time() - 100).process() is None
 
 
 def test_up_starts_detached_waits_for_health_and_down_stops_by_pid(
-    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, capsys: pytest.CaptureFixture[str]
+    settings: Settings, layout: Layout, fake: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stackctl.up(settings, layout)
-    proc = stackctl.running(layout, "sleeper")
+    up(settings, layout)
+    proc = running(layout, "sleeper")
     assert proc is not None
     assert os.getsid(proc.pid) == proc.pid  # its own session: no terminal, no shared process group
     assert os.readlink(f"/proc/{proc.pid}/fd/0") == "/dev/null"
     assert os.readlink(f"/proc/{proc.pid}/fd/1") == str(layout.log_file("sleeper"))
     assert "sleeper: healthy" in capsys.readouterr().out
 
-    stackctl.up(settings, layout)
+    up(settings, layout)
     assert "sleeper: already running" in capsys.readouterr().out
 
-    stackctl.start(replace(fake, name="retired"), settings, layout)  # e.g. a worker no longer configured
-    stackctl.down(settings, layout)
-    assert stackctl.running(layout, "sleeper") is None
-    assert stackctl.running(layout, "retired") is None
+    start(replace(fake, name="retired"), layout, {})  # e.g. a worker no longer configured
+    down(settings, layout)
+    assert running(layout, "sleeper") is None
+    assert running(layout, "retired") is None
     assert not layout.pid_file("sleeper").exists()
-    stackctl.status(settings, layout)
+    status(settings, layout)
     assert "stopped" in capsys.readouterr().out
 
 
 def test_a_service_that_exits_while_starting_names_its_log(
-    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, layout: Layout, fake: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = replace(fake, command=("false",), health=never)
-    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [broken])
-    with pytest.raises(stackctl.StackError, match=r"sleeper: exited with code 1 while starting; see .*sleeper\.log"):
-        stackctl.up(settings, layout)
+    monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [broken])
+    with pytest.raises(StackError, match=r"sleeper: exited with code 1 while starting; see .*sleeper\.log"):
+        up(settings, layout)
 
 
 def test_a_service_that_never_gets_healthy_times_out(
-    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, layout: Layout, fake: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, health=never)])
+    monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [replace(fake, health=never)])
     began = time.monotonic()
-    with pytest.raises(stackctl.StackError, match=r"not healthy after 1 s \(still booting\); see .*sleeper\.log"):
-        stackctl.up(settings, layout)
+    with pytest.raises(StackError, match=r"not healthy after 1 s \(still booting\); see .*sleeper\.log"):
+        up(settings, layout)
     assert time.monotonic() - began < 5
 
 
 def test_a_taken_port_is_refused_naming_its_owner(
-    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, layout: Layout, fake: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, ports=(port,))])
-        with pytest.raises(stackctl.StackError, match=rf"port {port} is already in use by pid {os.getpid()}"):
-            stackctl.up(settings, layout)
+        monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [replace(fake, ports=(port,))])
+        with pytest.raises(StackError, match=rf"port {port} is already in use by pid {os.getpid()}"):
+            up(settings, layout)
 
 
 def test_a_missing_program_is_one_line_with_a_hint(
-    settings: Settings, layout: stackctl.Layout, fake: stackctl.Service, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, layout: Layout, fake: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stackctl, "services", lambda settings, layout: [replace(fake, command=("java", "-version"))])
+    monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [replace(fake, command=("java", "-version"))])
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(stackctl.StackError, match=r"`java` is not on PATH; install a Java 17 runtime"):
-        stackctl.up(settings, layout)
+    with pytest.raises(StackError, match=r"`java` is not on PATH; install a Java 17 runtime"):
+        up(settings, layout)
 
 
 def test_redis_starts_with_an_acl_file_of_hashed_generated_passwords(
-    settings: Settings, layout: stackctl.Layout, capsys: pytest.CaptureFixture[str]
+    settings: Settings, layout: Layout, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fx_workers.tools.stack import REDIS_READER, reader_password_file
-
     redis = by_name(settings, layout)["redis"]
     acl_file = settings.stack.dir / "redis" / "users.acl"
     assert redis.command[redis.command.index("--aclfile") + 1] == str(acl_file)
@@ -196,12 +188,9 @@ def test_redis_starts_with_an_acl_file_of_hashed_generated_passwords(
 
 
 def test_airflow_gets_redis_credentials_a_long_jwt_secret_and_no_log_servers(
-    settings: Settings, layout: stackctl.Layout
+    settings: Settings, layout: Layout
 ) -> None:
     import json
-
-    from fx_workers.tools.stack import JWT_SECRET_BYTES, airflow_home
-    from fx_workers.tools.stack import env as airflow_env
 
     jwt = airflow_home(settings) / "jwt_secret"
     jwt.parent.mkdir(parents=True)
@@ -221,13 +210,13 @@ def test_airflow_gets_redis_credentials_a_long_jwt_secret_and_no_log_servers(
     assert services["neo4j"].ready is not None  # make up creates the graph schema
 
 
-def test_up_down_and_clean_take_turns(layout: stackctl.Layout) -> None:
+def test_up_down_and_clean_take_turns(layout: Layout) -> None:
     import fcntl
 
     # a second `make up` waits instead of starting duplicates
-    with stackctl.exclusive(layout), (layout.run / "stackctl.lock").open("w") as other, pytest.raises(BlockingIOError):
+    with exclusive(layout), (layout.run / "stack.lock").open("w") as other, pytest.raises(BlockingIOError):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with (layout.run / "stackctl.lock").open("w") as other:
+    with (layout.run / "stack.lock").open("w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
@@ -237,26 +226,24 @@ def test_the_kafka_cluster_id_is_a_clean_kafka_uuid_made_once(tmp_path: Path) ->
     import base64
     import re
 
-    first = stackctl.kafka_cluster_id(tmp_path)
+    first = kafka_cluster_id(tmp_path)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", first)
     assert len(base64.urlsafe_b64decode(first + "==")) == 16
-    assert stackctl.kafka_cluster_id(tmp_path) == first
+    assert kafka_cluster_id(tmp_path) == first
     other = tmp_path / "other"
     other.mkdir()
-    assert stackctl.kafka_cluster_id(other) != first
+    assert kafka_cluster_id(other) != first
 
 
 def test_generated_secrets_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     """``secrets.token_urlsafe`` begins with ``-`` one time in 64; such a draw is thrown away."""
     import secrets
 
-    from fx_workers.tools import stack
-
     draws = iter(["-looks-like-an-option", "--also", "fine-after-two"])
     monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(draws))
-    assert stack.generate_secret(24) == "fine-after-two"
+    assert generate_secret(24) == "fine-after-two"
     monkeypatch.undo()
-    assert not any(stack.generate_secret(1).startswith("-") for _ in range(2000))  # 1 byte: a dash 1 time in 4
+    assert not any(generate_secret(1).startswith("-") for _ in range(2000))  # 1 byte: a dash 1 time in 4
 
 
 def neo4j_admin_stand_in(tmp_path: Path, code: int) -> tuple[str, ...]:
@@ -269,58 +256,35 @@ def neo4j_admin_stand_in(tmp_path: Path, code: int) -> tuple[str, ...]:
 
 
 def test_the_initial_neo4j_password_goes_after_double_dash_and_is_kept_once_set(
-    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+    settings: Settings, layout: Layout, tmp_path: Path
 ) -> None:
-    stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})
+    set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})
     password = settings.neo4j.password_file.read_text().strip()
     assert (tmp_path / "argv").read_text().splitlines() == ["dbms", "set-initial-password", "--", password]
     assert settings.neo4j.password_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_failed_initial_neo4j_password_says_what_to_do_and_keeps_no_file(
-    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+    settings: Settings, layout: Layout, tmp_path: Path
 ) -> None:
     """The file once stayed behind, so every `make up` failed the same way until `make clean-stack`."""
-    with pytest.raises(stackctl.StackError, match=r"set-initial-password failed \(exit 64\); see .*neo4j\.log\. "
+    with pytest.raises(StackError, match=r"set-initial-password failed \(exit 64\); see .*neo4j\.log\. "
                                                   r"Fix what the log says and run `make up` again"):
-        stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 64), layout, {})
+        set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 64), layout, {})
     assert not settings.neo4j.password_file.exists()
-    stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})  # the retry
+    set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 0), layout, {})  # the retry
     assert settings.neo4j.password_file.exists()
 
 
 def test_a_given_neo4j_password_is_set_as_it_is_and_named_when_refused(
-    settings: Settings, layout: stackctl.Layout, tmp_path: Path
+    settings: Settings, layout: Layout, tmp_path: Path
 ) -> None:
     settings.neo4j.password_file.parent.mkdir(parents=True, exist_ok=True)
     settings.neo4j.password_file.write_text("-Az09_-given\n")  # e.g. from an fx before the generator's fix
-    with pytest.raises(stackctl.StackError, match=r"the password is .*password's \(Neo4j wants 8 characters"):
-        stackctl.set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 70), layout, {})
+    with pytest.raises(StackError, match=r"the password is .*password's \(Neo4j wants 8 characters"):
+        set_initial_password(settings.neo4j, neo4j_admin_stand_in(tmp_path, 70), layout, {})
     assert (tmp_path / "argv").read_text().splitlines()[-2:] == ["--", "-Az09_-given"]
     assert settings.neo4j.password_file.read_text() == "-Az09_-given\n"
-
-
-def test_ensure_topics_warns_of_an_existing_topic_with_fewer_replicas(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Kafka keeps a topic's replication factor: topics made with one broker stay single copies with three."""
-    from types import SimpleNamespace
-
-    settings = load_settings(environ={"FX__STACK__KAFKA_BROKERS": "3"})
-
-    def described(partitions: int, replicas: int) -> SimpleNamespace:
-        return SimpleNamespace(partitions={p: SimpleNamespace(replicas=list(range(replicas)), isrs=[])
-                                           for p in range(partitions)})
-
-    names = settings.kafka.topics
-    metadata = SimpleNamespace(brokers=dict.fromkeys(range(3)), topics={
-        names.requests: described(4, 1), names.results: described(4, 3), names.dead_letter: described(1, 3)})
-    monkeypatch.setattr(stackctl, "kafka_admin", lambda kafka: SimpleNamespace(list_topics=lambda timeout: metadata))
-    stackctl.ensure_topics(settings)
-    assert capsys.readouterr().out.splitlines() == [
-        f"kafka: warning: topic {names.requests} has replication factor 1, the stack wants 3: Kafka keeps a topic's "
-        "replication factor as it was created: raise it with kafka-reassign-partitions.sh, or delete the topic "
-        "(`make clean-stack` on the local stack), then `make up`"]
 
 
 def test_airflow_log_servers_still_bind_every_interface() -> None:
