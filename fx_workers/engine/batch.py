@@ -49,6 +49,31 @@ class Transfers:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """Accounts, sorted by id, with their own out and in transfer counts up to ``as_of``."""
+
+    ids: np.ndarray  # str, sorted
+    out: np.ndarray  # int64
+    inc: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, ids: np.ndarray, out: np.ndarray, inc: np.ndarray) -> Counts:
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], out[order], inc[order])
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.out.nbytes + self.inc.nbytes
+
+    def select(self, ids: np.ndarray) -> Counts | None:
+        """The counts of ``ids`` (sorted, distinct), or None when one of them is not here."""
+        at = np.searchsorted(self.ids, ids)
+        if not (at < len(self.ids)).all() or not np.array_equal(self.ids[at], ids):
+            return None
+        return Counts(ids, self.out[at], self.inc[at])
+
+
+@dataclass(frozen=True)
 class BatchInput:
     """Everything the features of a batch of accounts need, read from the graph in bulk.
 

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, EdgeArrays, Transfers
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, Counts, EdgeArrays, Transfers
 
 if TYPE_CHECKING:
-    from neo4j import Driver, ManagedTransaction, Record
+    from collections.abc import Callable
+
+    from neo4j import Driver, ManagedTransaction, Record, Result
 
     from fx_workers.config import GraphModel, Neo4jConfig
 
@@ -65,23 +67,16 @@ class Cypher:
         return self.render("MATCH ()-[t:{T}]->() WHERE t.{ts} > $as_of RETURN t.{tx} AS tx LIMIT 1")
 
     @property
-    def out_edges(self) -> str:
-        """Per batch account: its outgoing transfers up to ``$as_of``."""
+    def edges(self) -> str:
+        """The batch's transfers up to ``$as_of``, as columns, each once: from its payer's side when both ends
+        are batch accounts (``outgoing`` tells the side; ``owner`` is the batch account's index in ``$ids``;
+        ``broken`` names the accounts of a transfer without tx id, amount or counterparty id)."""
         return self.render(
-            "UNWIND $ids AS id "
-            "OPTIONAL MATCH (:{A} {{{id}: id}})-[t:{T}]->(q:{A}) WHERE t.{ts} <= $as_of "
-            "RETURN id, collect(t.{tx}) AS tx, collect(q.{id}) AS other, "
-            "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
-        )
-
-    @property
-    def in_edges(self) -> str:
-        """Per batch account: its incoming transfers up to ``$as_of``."""
-        return self.render(
-            "UNWIND $ids AS id "
-            "OPTIONAL MATCH (:{A} {{{id}: id}})<-[t:{T}]-(p:{A}) WHERE t.{ts} <= $as_of "
-            "RETURN id, collect(t.{tx}) AS tx, collect(p.{id}) AS other, "
-            "collect(t.{amount}) AS amount, collect(t.{ts}) AS ts"
+            "UNWIND range(0, size($ids) - 1) AS i MATCH (a:{A} {{{id}: $ids[i]}})-[t:{T}]-(o:{A}) "
+            "WHERE (startNode(t) = a OR NOT coalesce(o.{id} IN $ids, false)) AND t.{ts} <= $as_of "
+            "RETURN collect(i) AS owner, collect(startNode(t) = a) AS outgoing, collect(t.{tx}) AS tx, "
+            "collect(o.{id}) AS other, collect(t.{amount}) AS amount, collect(t.{ts}) AS ts, "
+            "collect(CASE WHEN t.{tx} IS NULL OR t.{amount} IS NULL OR o.{id} IS NULL THEN $ids[i] END) AS broken"
         )
 
     @property
@@ -105,18 +100,28 @@ class Cypher:
             "RETURN collect(startNode(x).{id}) AS payer, collect(endNode(x).{id}) AS payee, collect(x.{ts}) AS ts"
         )
 
+    @property
+    def account_count(self) -> str:
+        """How many accounts the graph holds (the count store)."""
+        return self.render("MATCH (a:{A}) RETURN count(a) AS n")
+
     def neighbour_counts(self, *, every_transfer_counts: bool) -> str:
-        """Every counterparty of the batch with its own out and in transfer counts up to ``$as_of``.
+        """The accounts ``$others`` (a batch's counterparties) with their out and in transfer counts up to
+        ``$as_of``.
 
         :param every_transfer_counts: no transfer is after ``$as_of``, so the counts are plain
             degrees, read from the degree store (3.5x faster than filtering each relationship on ts)
         """
+        return self._counts("UNWIND $others AS other MATCH (u:{A} {{{id}: other}})", every_transfer_counts)
+
+    def account_counts(self, *, every_transfer_counts: bool) -> str:
+        """Every account with its out and in transfer counts up to ``$as_of`` (as :meth:`neighbour_counts`)."""
+        return self._counts("MATCH (u:{A}) WHERE u.{id} IS NOT NULL", every_transfer_counts)
+
+    def _counts(self, match: str, every_transfer_counts: bool) -> str:
         where = "" if every_transfer_counts else " WHERE x.{ts} <= $as_of"
         return self.render(
-            "UNWIND $ids AS id "
-            "MATCH (:{A} {{{id}: id}})-[t:{T}]-(u:{A}) WHERE t.{ts} <= $as_of "
-            "WITH DISTINCT u WHERE u.{id} IS NOT NULL "
-            "RETURN collect(u.{id}) AS ids, "
+            f"{match} RETURN collect(u.{{id}}) AS ids, "
             f"collect(COUNT {{{{ (u)-[x:{{T}}]->(){where} }}}}) AS out_count, "
             f"collect(COUNT {{{{ (u)<-[x:{{T}}]-(){where} }}}}) AS in_count"
         )
@@ -133,73 +138,101 @@ class GraphDataError(ValueError):
     """The graph holds something the model forbids (a missing property); names the account."""
 
 
-def _edges(records: list, index: dict[str, int]) -> EdgeArrays:
-    """Flatten one row per account (``collect`` lists) into edge arrays owned by batch position."""
-    for r in records:
-        if not len(r["tx"]) == len(r["other"]) == len(r["amount"]) == len(r["ts"]):
-            raise GraphDataError(f"account {r['id']!r} has a transfer without tx_id, amount or ts")
-    lengths = np.fromiter((len(r["tx"]) for r in records), dtype=np.int64, count=len(records))
-    owners = np.fromiter((index[r["id"]] for r in records), dtype=np.int64, count=len(records))
-    flat = {key: [x for r in records for x in r[key]] for key in ("tx", "other", "amount", "ts")}
-    return EdgeArrays(
-        owner=np.repeat(owners, lengths),
-        tx=as_array(flat["tx"], str),
-        other=as_array(flat["other"], str),
-        amount=as_array(flat["amount"], np.float64),
-        ts=as_array(flat["ts"], np.int64),
-    )
+def _edges(row: Record, ids: np.ndarray) -> tuple[EdgeArrays, EdgeArrays]:
+    """The batch's transfers, each read once, as its OUT and IN rows: a transfer between two batch accounts
+    (a self-transfer too) is an OUT row of its payer and an IN row of its payee."""
+    if row["broken"]:
+        raise GraphDataError(f"account {row['broken'][0]!r} has a transfer without tx_id, amount or counterparty id")
+    owner, outgoing = as_array(row["owner"], np.int64), np.asarray(row["outgoing"], dtype=bool)
+    tx, other = as_array(row["tx"], str), as_array(row["other"], str)
+    amount, ts = as_array(row["amount"], np.float64), as_array(row["ts"], np.int64)
+    order = np.argsort(ids)
+    payee = order[np.searchsorted(ids, other, sorter=order).clip(max=max(len(ids) - 1, 0))]
+    both = outgoing & (ids[payee] == other)
+    incoming = ~outgoing
+    out = EdgeArrays(owner[outgoing], tx[outgoing], other[outgoing], amount[outgoing], ts[outgoing])
+    inc = EdgeArrays(owner=np.concatenate([owner[incoming], payee[both]]),
+                     tx=np.concatenate([tx[incoming], tx[both]]),
+                     other=np.concatenate([other[incoming], ids[owner[both]]]),
+                     amount=np.concatenate([amount[incoming], amount[both]]),
+                     ts=np.concatenate([ts[incoming], ts[both]]))
+    return out, inc
 
 
 @dataclass
 class WindowCache:
-    """One run's whole pattern window, kept between that run's batches in one process (a worker, a local
-    run, a verification): the ts index is then read once per run instead of a ball per batch. It holds
-    one run at most (:meth:`bind` drops another run's), and no window over ``max_rows`` or ``max_bytes``."""
+    """One run's reads, kept between that run's batches in one process (a worker, a local run, a
+    verification): its whole pattern window (the ts index read once per run instead of a ball per batch)
+    and every account's out and in counts (read once instead of each batch's counterparties' again, which
+    count a popular account in nearly every batch). It holds one run at most (:meth:`bind` drops another
+    run's), and neither a window nor counts over ``max_rows`` rows or ``max_bytes``."""
 
     max_rows: int = 2_000_000
     max_bytes: int = 512 * 1024 * 1024
     run: str | None = None
     window: Transfers | None = None
+    counts: Counts | None = None
+    accounts: int | None = None
+    """The graph's accounts (read once per run): what reading every account's counts costs."""
+    counted: int = 0
+    """Counterparties whose counts this run's batches have read so far, batch by batch."""
 
     def bind(self, run: str) -> WindowCache:
         """This cache for ``run``'s batches."""
         if run != self.run:
-            self.run, self.window = run, None
+            self.run, self.window, self.counts, self.accounts, self.counted = run, None, None, None, 0
         return self
 
     def keep(self, window: Transfers) -> None:
         if window.nbytes <= self.max_bytes:
             self.window = window
 
+    def counts_whole(self, others: int, accounts: Callable[[], int]) -> bool:
+        """Whether to read every account's counts now, rather than a batch's ``others`` counterparties': once
+        the batches' reads would have cost as much as that one (rent or buy: at most twice the cheaper of the
+        two, however many batches the run brings here).
+
+        :param accounts: reads how many accounts the graph holds (called once per run)
+        """
+        if self.accounts is None:
+            self.accounts = accounts()
+        self.counted += others
+        return self.accounts <= self.max_rows and self.counted >= self.accounts
+
+    def keep_counts(self, counts: Counts) -> None:
+        if counts.nbytes <= self.max_bytes:
+            self.counts = counts
+        else:  # too big to keep: this run's batches read their counterparties'
+            self.accounts = self.max_rows + 1
+
 
 def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str, *,
                window: bool = True, cache: WindowCache | None = None) -> BatchInput:
     """Everything the features of ``ids`` (distinct account ids) need: a few bulk queries, as columns.
 
-    The pattern window's ball (every windowed transfer of an account that has one with the batch) is
-    read whichever way touches fewer relationships: through those accounts (their transfers of all
-    time, filtered), or as the whole window by the ts index, filtered here; with a ``cache``, the whole
-    window once for the run, if it fits.
+    The batch's transfers are read once each. Its counterparties' counts come from ``cache``'s counts of
+    every account when it holds them (read once the batches' reads would have cost as much), else from a
+    read of those accounts. The pattern window's ball (every windowed transfer of an account that has one
+    with the batch) is read whichever way touches fewer relationships: through those accounts (their
+    transfers of all time, filtered), or as the whole window by the ts index, filtered here; with a
+    ``cache``, the whole window once for the run, if it fits.
 
     :param window: read the pattern window (else ``BatchInput.window`` is empty)
     :param cache: the run's :class:`WindowCache`, bound to the run by the caller
     :raises GraphDataError: when a transfer lacks a property of the model
     """
     params = {"ids": ids, "as_of": as_of, "since": as_of - PATTERN_WINDOW}
-    index = {node_id: i for i, node_id in enumerate(ids)}
 
-    def read(tx: ManagedTransaction) -> tuple[EdgeArrays, EdgeArrays, Record, Transfers]:
-        out = _edges(list(tx.run(cypher.out_edges, params)), index)
-        inc = _edges(list(tx.run(cypher.in_edges, params)), index)
-        future = tx.run(cypher.transfers_after, params).single() is not None
-        nb = tx.run(cypher.neighbour_counts(every_transfer_counts=not future), params).single(strict=True)
+    def read(tx: ManagedTransaction) -> tuple[EdgeArrays, EdgeArrays, Counts, Transfers]:
+        out, inc = _edges(tx.run(cypher.edges, params).single(strict=True), as_array(ids, str))
+        nb = _neighbour_counts(tx, cypher, np.unique(np.concatenate([out.other, inc.other])), params, cache)
         if not window:
             return out, inc, nb, Transfers(as_array([], str), as_array([], str), as_array([], np.int64))
         near = np.unique(np.concatenate([e.other[e.ts > params["since"]] for e in (out, inc)]))
         if cache is not None and cache.window is not None:
             return out, inc, nb, cache.window.touching(near)
-        at = np.isin(as_array(nb["ids"], str), near)
-        ball = int(as_array(nb["out_count"], np.int64)[at].sum() + as_array(nb["in_count"], np.int64)[at].sum())
+        at = np.isin(nb.ids, near)
+        ball = int(nb.out[at].sum() + nb.inc[at].sum())
         size = tx.run(cypher.window_size, params).single(strict=True)["n"]
         if size <= ball or (cache is not None and size <= cache.max_rows):
             whole = _transfers(tx.run(cypher.window_all, params).single(strict=True))
@@ -210,16 +243,27 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
 
     with driver.session(database=database) as session:
         out, inc, nb, window = session.execute_read(read)
-    return BatchInput(
-        ids=as_array(ids, str),
-        as_of=as_of,
-        out=out,
-        inc=inc,
-        neighbour_ids=as_array(nb["ids"], str),
-        neighbour_out_count=as_array(nb["out_count"], np.int64),
-        neighbour_in_count=as_array(nb["in_count"], np.int64),
-        window=window,
-    )
+    return BatchInput(ids=as_array(ids, str), as_of=as_of, out=out, inc=inc, neighbour_ids=nb.ids,
+                      neighbour_out_count=nb.out, neighbour_in_count=nb.inc, window=window)
+
+
+def _neighbour_counts(tx: ManagedTransaction, cypher: Cypher, others: np.ndarray, params: dict[str, object],
+                      cache: WindowCache | None) -> Counts:
+    """The out and in counts of ``others`` (sorted, distinct), from the run's counts of every account when
+    ``cache`` holds them or they are now worth reading, else read for ``others`` alone."""
+    every = tx.run(cypher.transfers_after, params).single() is None
+    if cache is not None and cache.counts is None and cache.counts_whole(
+            len(others), lambda: tx.run(cypher.account_count).single(strict=True)["n"]):
+        cache.keep_counts(_counts(tx.run(cypher.account_counts(every_transfer_counts=every), params)))
+    if cache is not None and cache.counts is not None and (kept := cache.counts.select(others)) is not None:
+        return kept
+    return _counts(tx.run(cypher.neighbour_counts(every_transfer_counts=every), {**params, "others": others.tolist()}))
+
+
+def _counts(result: Result) -> Counts:
+    row = result.single(strict=True)
+    return Counts.of(as_array(row["ids"], str), as_array(row["out_count"], np.int64),
+                     as_array(row["in_count"], np.int64))
 
 
 def _transfers(record: Record) -> Transfers:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from neo4j import Driver
 
     from fx_workers.config import Settings
-    from fx_workers.engine.batch import Transfers
+    from fx_workers.engine.batch import BatchInput, Transfers
 
 MODEL = GraphModel(account_label="TGraphAccount", transfer_type="TGRAPH_TRANSFER")
 
@@ -94,5 +94,68 @@ def test_the_window_read_returns_the_pattern_ball(neo4j_driver: Driver, settings
             for v, row in zip(batch, result.node_values, strict=True):
                 found = dict(zip(NODE_FEATURE_NAMES, row.tolist(), strict=True))
                 assert {n: found[n] for n in names} == expected[v], v
+    finally:
+        neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)
+
+
+def _load(driver: Driver, database: str, transfers: list) -> None:
+    driver.execute_query(
+        "UNWIND $rows AS r MERGE (p:TGraphAccount {id: r.payer}) MERGE (q:TGraphAccount {id: r.payee}) "
+        "CREATE (p)-[:TGRAPH_TRANSFER {tx_id: r.tx, amount: r.amount, ts: r.ts}]->(q)",
+        rows=[{"tx": t.tx_id, "payer": t.payer, "payee": t.payee, "amount": t.amount, "ts": t.ts} for t in transfers],
+        database_=database)
+
+
+def _legs(batch: BatchInput) -> dict[str, list[tuple]]:
+    """Each side's rows as (account, tx, counterparty, amount, ts), sorted: a row read twice shows twice."""
+    return {side: sorted(zip(batch.ids[e.owner].tolist(), e.tx.tolist(), e.other.tolist(), e.amount.tolist(),
+                             e.ts.tolist(), strict=True))
+            for side, e in (("out", batch.out), ("in", batch.inc))}
+
+
+def _neighbours(batch: BatchInput) -> dict[str, tuple[int, int]]:
+    return dict(zip(batch.neighbour_ids.tolist(), zip(batch.neighbour_out_count.tolist(),
+                                                      batch.neighbour_in_count.tolist(), strict=True), strict=True))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["counterparties' counts", "every account's counts"])
+def test_the_batch_read_is_the_definitions(neo4j_driver: Driver, settings: Settings, cached: bool) -> None:
+    """Each transfer of the batch once per side (one between two batch accounts, or a self-transfer, an OUT
+    row of its payer and an IN row of its payee, never twice), and every counterparty's own counts up to
+    ``as_of``, with transfers after it, read per batch or from the run's counts of every account."""
+    from fx_workers.engine.graph import WindowCache, read_batch
+    from tests.graphs import AS_OF, batch_input
+    from tests.reference import Transfer
+
+    rows = [("a", "b", AS_OF - 9), ("b", "a", AS_OF - 8), ("a", "b", AS_OF), ("b", "c", AS_OF - 7),
+            ("c", "c", AS_OF - 6), ("a", "x", AS_OF - 5), ("x", "a", AS_OF + 1), ("x", "y", AS_OF - 4),
+            ("y", "x", AS_OF + 2), ("y", "b", AS_OF - 3), ("z", "y", AS_OF - 2), ("a", "b", AS_OF + 3),
+            ("z", "z", AS_OF + 4)]
+    transfers = [Transfer(f"t{i}", p, q, float(i), ts) for i, (p, q, ts) in enumerate(rows)]
+    database = settings.neo4j.database
+    cache = WindowCache().bind("run") if cached else None
+    _load(neo4j_driver, database, transfers)
+    try:
+        for batch in (["a", "b", "c"], ["x", "z"], ["y", "b"], ["a", "b", "c"]):
+            read = read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database, window=False, cache=cache)
+            expected = batch_input(transfers, batch, AS_OF)
+            assert _legs(read) == _legs(expected), batch
+            assert _neighbours(read) == _neighbours(expected), batch
+        assert cache is None or cache.counts is not None  # the later batches read the run's counts
+    finally:
+        neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)
+
+
+def test_a_transfer_without_an_amount_names_its_account(neo4j_driver: Driver, settings: Settings) -> None:
+    from fx_workers.engine.graph import GraphDataError, read_batch
+    from tests.graphs import AS_OF
+    from tests.reference import Transfer
+
+    database = settings.neo4j.database
+    _load(neo4j_driver, database, [Transfer("t0", "p", "q", 1.0, AS_OF - 1), Transfer("t1", "q", "r", 1.0, AS_OF)])
+    neo4j_driver.execute_query("MATCH ()-[t:TGRAPH_TRANSFER {tx_id: 't1'}]->() REMOVE t.amount", database_=database)
+    try:
+        with pytest.raises(GraphDataError, match="account 'q' has a transfer without"):
+            read_batch(neo4j_driver, Cypher(MODEL), ["p", "q"], AS_OF, database)
     finally:
         neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)

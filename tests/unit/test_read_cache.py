@@ -1,0 +1,37 @@
+"""The run's cache of the batch read: every account's counts, selected per batch and read once it pays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fx_workers.engine.batch import Counts
+from fx_workers.engine.graph import WindowCache
+
+
+def test_counts_are_selected_by_id_and_refused_when_one_is_missing() -> None:
+    counts = Counts.of(np.array(["c", "a", "b"]), np.array([3, 1, 2]), np.array([30, 10, 20]))
+    chosen = counts.select(np.array(["a", "c"]))
+    assert chosen is not None and chosen.out.tolist() == [1, 3] and chosen.inc.tolist() == [10, 30]
+    assert counts.select(np.array(["a", "d"])) is None and counts.select(np.array(["0"])) is None
+    assert counts.select(np.array([], dtype=str)) is not None
+
+
+def test_every_account_is_read_once_the_batches_would_have_cost_as_much() -> None:
+    reads: list[int] = []
+
+    def accounts() -> int:
+        reads.append(1)
+        return 10
+
+    cache = WindowCache().bind("r1")
+    assert [cache.counts_whole(4, accounts) for _ in range(3)] == [False, False, True]
+    assert len(reads) == 1  # the graph's accounts are read once per run
+    assert not cache.bind("r2").counts_whole(4, accounts) and len(reads) == 2  # another run starts again
+
+
+def test_counts_too_big_to_keep_are_not_read_again() -> None:
+    cache = WindowCache(max_bytes=10).bind("r1")
+    assert cache.counts_whole(10, lambda: 10)
+    cache.keep_counts(Counts.of(np.array(["a", "b"]), np.array([1, 2]), np.array([3, 4])))
+    assert cache.counts is None and not cache.counts_whole(100, lambda: 10)
+    assert not WindowCache(max_rows=5).bind("r1").counts_whole(100, lambda: 10)  # more accounts than rows
