@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 _WIDTHS = np.array(WIDTHS, dtype=np.int64)
+_KEPT = np.array([(1 << 8 * width) - 1 for width in WIDTHS], dtype="<u8")
+"""By code, an 8-byte slot's kept bytes as a little-endian word: its first ``WIDTHS[code]`` bytes set."""
 EXACT_INTEGERS = 2**53
 """Integers of larger magnitude are not all float64 numbers: an integer matrix holding one is refused."""
 
@@ -53,19 +55,15 @@ def codes_of(matrix: np.ndarray) -> np.ndarray:
     """Each value's code: 0 for +0.0, 1 and 2 for integers that fit uint8 and uint32, else 3."""
     with np.errstate(invalid="ignore"):
         whole = (matrix == np.floor(matrix)) & ~np.signbit(matrix)
-    codes = np.full(matrix.shape, 3, dtype=np.uint8)
-    codes[whole & (matrix < 2**32)] = 2
-    codes[whole & (matrix < 256)] = 1
-    codes[matrix.view("<u8") == 0] = 0
-    return codes
+        narrower = (whole & (matrix < 2**32)).view(np.uint8) + (whole & (matrix < 256)).view(np.uint8)
+    return (3 - narrower) * (matrix.view("<u8") != 0).view(np.uint8)
 
 
 def _kept(codes: np.ndarray, head: int) -> np.ndarray:
     """Which bytes of each record's header and 8-byte value slots are stored: the header, and each value's
     first ``WIDTHS[code]`` bytes (a little-endian integer's low bytes are its narrower self)."""
-    slots = np.arange(8) < _WIDTHS[codes][:, :, None]
-    return np.concatenate([np.ones((len(codes), head), dtype=bool), slots.reshape(len(codes), 8 * codes.shape[1])],
-                          axis=1)
+    slots = _KEPT[codes].view(np.uint8).reshape(len(codes), 8 * codes.shape[1]) != 0
+    return np.concatenate([np.ones((len(codes), head), dtype=bool), slots], axis=1)
 
 
 def encode_rows(values: np.ndarray) -> EncodedRows:
@@ -84,7 +82,7 @@ def encode_rows(values: np.ndarray) -> EncodedRows:
     slots = np.where(codes == 3, matrix.view("<u8"), np.where(whole, matrix, 0).astype("<u8"))
     kept = _kept(codes, head)
     data = np.concatenate([header, slots.view(np.uint8).reshape(rows, 8 * width)], axis=1)[kept]
-    return EncodedRows(data.tobytes(), kept.sum(axis=1))
+    return EncodedRows(data.tobytes(), head + _WIDTHS[codes].sum(axis=1))
 
 
 def decode_rows(values: Sequence[bytes | None], width: int) -> tuple[np.ndarray, list[bool]]:
