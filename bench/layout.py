@@ -1,4 +1,5 @@
-"""The record layouts side by side in one run: Redis bytes and client CPU per record, hash against packed.
+"""The record layouts side by side in one run: Redis bytes and client CPU per record, hash against
+float64 against tagged.
 
 ``python -m bench.layout`` (``--sizes 100000,amlsim`` by default) loads each
 graph under a private slice of the shared stack (as ``bench.capacity`` does), computes every record
@@ -6,12 +7,17 @@ once with the package (untimed, kept in an ``.npz``), starts a standalone Redis 
 port (so ``used_memory`` is ours alone), and writes the same records in each layout, one after the
 other, through the write path of that layout:
 
-- ``hash``: the layout before the packed records, as its ``BatchWriter`` wrote it (one ``HSET`` per
-  record, one field per feature, ``repr`` text, pipelines of 2,000), kept here for the comparison;
-- ``packed``: today's ``BatchWriter`` (float64 little-endian per record, packed in bulk, ``MSET`` of 2,000).
+- ``hash``: the first layout, as its ``BatchWriter`` wrote it (one ``HSET`` per record, one field per
+  feature, ``repr`` text, pipelines of 2,000, keys ``{run}:node_features:{id}``), kept here for the
+  comparison;
+- ``float64``: the second, as its ``BatchWriter`` wrote it (one STRING per record, float64
+  little-endian, ``MSET`` of 2,000, the same long keys), kept here too;
+- ``tagged``: today's ``BatchWriter`` (the ``tagged-le`` encoding of :mod:`fx_workers.store.records`,
+  keys ``{run}:n:{id}`` and ``{run}:e:{tx}``).
 
 With ``--cluster``, the same again into a 3-master Redis Cluster of our own (``used_memory`` summed over
-the masters; the packed writer sends ``SET``s packed per master there, as ``MSET`` needs one slot).
+the masters; the float64 and tagged writers send ``SET``s packed per master there, as ``MSET`` needs
+one slot).
 
 Per layout: ``used_memory`` per account record and per transfer record (nodes written first, then the
 transfers), per account with its transfers, and the client's CPU (thread time: encoding, packing,
@@ -40,7 +46,7 @@ from fx_workers.engine.batch import BatchFeatures
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
 from fx_workers.store.client import is_cluster, open_redis
 from fx_workers.store.keys import RedisKeys
-from fx_workers.store.writer import CHUNK, BatchWriter
+from fx_workers.store.writer import CHUNK, BatchWriter, Checksum, set_on_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -49,16 +55,25 @@ if TYPE_CHECKING:
 
     from fx_workers.store.keys import RunKeys
 
-LAYOUTS = ("hash", "packed")
+LAYOUTS = ("hash", "float64", "tagged")
 BATCH = 1000
 """Accounts per written batch (the DAG's default batch size)."""
 PREFIX = "fxlayout"
 
 
+def long_keys(keys: RunKeys, features: BatchFeatures) -> tuple[tuple[Callable[[str], str], tuple[str, ...],
+                                                                   np.ndarray, np.ndarray], ...]:
+    """Each part's key (as the hash and float64 layouts named them), names, ids and values."""
+    def key_of(part: str) -> Callable[[str], str]:
+        return lambda record_id: f"{keys.namespace}:{part}_features:{record_id}"
+
+    return ((key_of("node"), NODE_FEATURE_NAMES, features.node_ids, features.node_values),
+            (key_of("edge"), EDGE_FEATURE_NAMES, features.tx_ids, features.edge_values))
+
+
 def write_hash(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
-    """The hash layout's ``BatchWriter.write`` (before the packed records), its checksum left out."""
-    for key_of, names, ids, values in ((keys.node, NODE_FEATURE_NAMES, features.node_ids, features.node_values),
-                                       (keys.edge, EDGE_FEATURE_NAMES, features.tx_ids, features.edge_values)):
+    """The hash layout's ``BatchWriter.write``, its checksum left out."""
+    for key_of, names, ids, values in long_keys(keys, features):
         args: list[str] = ["HSET", "", *(x for name in names for x in (name, ""))]
         id_list, rows = ids.tolist(), values.tolist()
         for start in range(0, len(id_list), CHUNK):
@@ -69,12 +84,30 @@ def write_hash(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> N
             pipe.execute()
 
 
-def write_packed(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
+def write_float64(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
+    """The float64 layout's ``BatchWriter.write``: each row's doubles as one value, from one view of the
+    matrix, hashed and sent as today's writer sends its records."""
+    checksum = Checksum()
+    for key_of, _, ids, values in long_keys(keys, features):
+        matrix, id_list = np.ascontiguousarray(values, dtype="<f8"), ids.tolist()
+        blobs = matrix.view(np.dtype((np.void, matrix.shape[1] * 8))).ravel().tolist() if matrix.size else []
+        checksum.add_part(id_list, blobs)
+        for start in range(0, len(id_list), CHUNK):
+            names = [key_of(record_id) for record_id in id_list[start : start + CHUNK]]
+            if is_cluster(client):
+                set_on_cluster(client, names, blobs[start : start + CHUNK])
+            else:
+                pairs: list[str | bytes] = [""] * (2 * len(names))
+                pairs[::2], pairs[1::2] = names, blobs[start : start + CHUNK]
+                client.execute_command("MSET", *pairs)
+
+
+def write_tagged(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
     BatchWriter(client, keys).write(features)
 
 
-WRITERS: dict[str, Callable[[redis.Redis, RunKeys, BatchFeatures], None]] = {"hash": write_hash,
-                                                                            "packed": write_packed}
+WRITERS: dict[str, Callable[[redis.Redis, RunKeys, BatchFeatures], None]] = {
+    "hash": write_hash, "float64": write_float64, "tagged": write_tagged}
 
 
 def batches(saved: dict[str, np.ndarray], part: str) -> list[BatchFeatures]:
@@ -144,23 +177,25 @@ def measure_graph(size: str, seed: int, clients: list[redis.Redis], folder: Path
 
 
 def table(results: dict[str, Any]) -> str:
-    """The Markdown rows of docs/benchmarks.md's layout section."""
+    """The Markdown rows of docs/benchmarks.md's layout section: each layout, and the older layouts' bytes
+    and CPU over each newer one's."""
     lines = ["| graph | layout | B/account record | B/transfer record | B/account, transfers included | "
-             "client CPU µs/record | ratio (hash / packed): bytes, CPU |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "client CPU µs/record | hash / this: bytes, CPU | float64 / this: bytes, CPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for graph in results["graphs"]:
         name = "AMLSim" if graph["name"] == AMLSIM else f"{graph['transactions']:,} generated"
         name += f" ({graph['transfers'] / graph['accounts']:.1f} transfers/account)"
         by = {(row.get("target", "standalone"), row["layout"]): row for row in graph["layouts"]}
         for target, layout in by:
-            row, hashed = by[target, layout], by[target, "hash"]
-            ratio = "" if layout == "hash" else (
-                f"{hashed['bytes_per_account'] / row['bytes_per_account']:.1f}x, "
-                f"{hashed['client_cpu_us_per_record'] / row['client_cpu_us_per_record']:.1f}x")
+            row = by[target, layout]
+            ratios = [f"{by[target, older]['bytes_per_account'] / row['bytes_per_account']:.2f}x, "
+                      f"{by[target, older]['client_cpu_us_per_record'] / row['client_cpu_us_per_record']:.2f}x"
+                      if LAYOUTS.index(older) < LAYOUTS.index(layout) and (target, older) in by else ""
+                      for older in ("hash", "float64")]
             where = "" if target == "standalone" else f", {target}"
             lines.append(f"| {name} | {layout}{where} | {row['nodes']['bytes_per_record']:,.0f} | "
                          f"{row['edges']['bytes_per_record']:,.0f} | {row['bytes_per_account']:,.0f} | "
-                         f"{row['client_cpu_us_per_record']:.1f} | {ratio} |")
+                         f"{row['client_cpu_us_per_record']:.1f} | {' | '.join(ratios)} |")
     return "\n".join(lines)
 
 

@@ -19,13 +19,16 @@ def test_each_part_is_written_alone_in_batches_of_a_thousand() -> None:
     assert nodes[0].edge_values.shape == (0, 2) and edges[0].node_values.shape == (0, 3)
 
 
-def test_the_table_gives_both_layouts_and_the_ratios() -> None:
+def test_the_table_gives_every_layout_and_the_ratios_of_the_older_ones() -> None:
     def row(layout: str, node: float, edge: float, cpu: float) -> dict:
         return {"layout": layout, "nodes": {"bytes_per_record": node}, "edges": {"bytes_per_record": edge},
                 "bytes_per_account": node + 2 * edge, "client_cpu_us_per_record": cpu}
 
     results = {"graphs": [{"name": None, "transactions": 100_000, "accounts": 10, "transfers": 20,
-                           "layouts": [row("hash", 2000, 450, 40.0), row("packed", 600, 200, 4.0)]}]}
+                           "layouts": [row("hash", 2000, 450, 40.0), row("float64", 600, 200, 2.0),
+                                       row("tagged", 400, 130, 2.5)]}]}
     lines = table(results).splitlines()
-    assert lines[2] == "| 100,000 generated (2.0 transfers/account) | hash | 2,000 | 450 | 2,900 | 40.0 |  |"
-    assert lines[3] == "| 100,000 generated (2.0 transfers/account) | packed | 600 | 200 | 1,000 | 4.0 | 2.9x, 10.0x |"
+    graph = "| 100,000 generated (2.0 transfers/account)"
+    assert lines[2] == f"{graph} | hash | 2,000 | 450 | 2,900 | 40.0 |  |  |"
+    assert lines[3] == f"{graph} | float64 | 600 | 200 | 1,000 | 2.0 | 2.90x, 20.00x |  |"
+    assert lines[4] == f"{graph} | tagged | 400 | 130 | 660 | 2.5 | 4.39x, 16.00x | 1.52x, 0.80x |"
