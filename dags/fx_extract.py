@@ -96,11 +96,9 @@ def fx_extract() -> None:
         from fx_airflow.hooks import ResultsReaderHook
 
         from fx_workers.steps.plan import make_plan
-        from fx_workers.steps.topics import end_offsets, missing_topics
+        from fx_workers.steps.topics import end_offsets, ensure_topics
 
-        admin = KafkaAdminClientHook(KAFKA)
-        if missing := missing_topics(admin.get_conn, config):
-            admin.create_topic(missing)
+        ensure_topics(KafkaAdminClientHook(KAFKA).get_conn, config)
         as_of = params["as_of"]
         if as_of is None:
             as_of = int((data_interval_end or dag_run.run_after).timestamp())

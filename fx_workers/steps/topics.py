@@ -113,26 +113,6 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 30.0)
     return sorted(changed)
 
 
-def missing_topics(admin: AdminClient, settings: Settings) -> list[tuple[str, int, int]]:
-    """The topics to create, as ``(name, partitions, replication factor)`` (-1: the broker's default).
-
-    Logs a warning for a topic that exists with a lower replication factor than :func:`topic_replicas`
-    (a broker's loss would lose or block it); creating topics again never raises it.
-
-    :raises PipelineError: when a topic exists with fewer partitions than configured (workers would idle)
-    """
-    existing = admin.list_topics(timeout=10).topics
-    missing = []
-    for name, wanted in topic_partitions(settings.kafka).items():
-        if name not in existing:
-            missing.append((name, wanted, -1))
-            continue
-        if (found := len(existing[name].partitions)) < wanted:
-            raise PipelineError(f"topic {name} must have at least {wanted} partitions (config). Got {found}")
-        warn_on_low_replication(name, Replication.of(existing[name]), topic_replicas(settings))
-    return missing
-
-
 def warn_on_low_replication(name: str, replication: Replication, wanted: int) -> bool:
     """Log a warning when topic ``name`` has fewer copies than ``wanted``; True when it did."""
     if not 0 < replication.factor < wanted:  # 0: metadata without replicas (a stand-in), nothing to say

@@ -1,5 +1,5 @@
 """``fx doctor``'s Kafka checks on stand-in metadata: brokers, replication, replicas in sync, and
-workers beyond the request topic's partitions; ``missing_topics`` warns of a low replication."""
+workers beyond the request topic's partitions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fx_workers.config import load_settings
-from fx_workers.steps.topics import missing_topics
 from fx_workers.tools import doctor
 from fx_workers.tools.doctor import Replication
 
@@ -87,13 +86,3 @@ def test_doctor_warns_of_workers_beyond_the_request_partitions(monkeypatch: pyte
     workers = found["workers"]
     assert not workers.ok and workers.detail == "6 workers, 4 partitions of feature-extraction: 2 would sit idle"
     assert "kafka.partitions.requests" in workers.fix
-
-
-def test_missing_topics_warns_of_a_lower_replication_factor(caplog: pytest.LogCaptureFixture) -> None:
-    settings = three_brokers()
-    admin = cluster(settings, 3, requests=topic(4, 1), results=topic(4, 3))
-    with caplog.at_level("WARNING", logger="fx_workers.steps.topics"):
-        assert missing_topics(admin, settings) == [("feature-extraction-dlq", 1, -1)]
-    [record] = caplog.records
-    assert record.getMessage().startswith(
-        "topic feature-extraction has replication factor 1, config wants 3 (stack.kafka_brokers): Kafka keeps")

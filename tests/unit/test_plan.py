@@ -1,16 +1,13 @@
-"""Planning: request keys, batch counts, the plan's fingerprint, topics, and cost-balanced batches."""
+"""Planning: request keys, batch counts, the plan's fingerprint and cost-balanced batches."""
 
 from __future__ import annotations
 
 import zlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from fx_workers.config import load_settings
 from fx_workers.steps.plan import balanced_batches, request_key
-from fx_workers.steps.topics import PipelineError, missing_topics
 from fx_workers.store.plan_store import fingerprint
 
 
@@ -39,18 +36,3 @@ def test_fingerprint_names_exactly_one_plan() -> None:
                 ("r1", 5, "s1", [["c"], ["a", "b"]]), ("r1", 5, "s1", [["a"], ["b", "c"]]),
                 ("r1", 5, "s1", [["a", "b", "c"]])]
     assert len({fingerprint("r1", 5, "s1", batches), *(fingerprint(*v) for v in variants)}) == 7
-
-
-def fake_admin(partitions: dict[str, int]) -> SimpleNamespace:
-    topics = {name: SimpleNamespace(partitions=dict.fromkeys(range(n))) for name, n in partitions.items()}
-    return SimpleNamespace(list_topics=lambda timeout: SimpleNamespace(topics=topics))
-
-
-def test_missing_topics_are_created_and_too_few_partitions_refused() -> None:
-    settings = load_settings()
-    topics = settings.kafka.topics
-    assert missing_topics(fake_admin({topics.requests: 4}), settings) == [
-        (topics.results, 4, -1), (topics.dead_letter, 1, -1)
-    ]
-    with pytest.raises(PipelineError, match=r"must have at least 4 partitions .* Got 2"):
-        missing_topics(fake_admin({topics.requests: 2}), settings)
