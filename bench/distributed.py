@@ -30,7 +30,7 @@ from fx_workers.engine.graph import open_driver
 from fx_workers.protocol import READER_CONFIG
 from fx_workers.steps.aggregate import aggregate_run
 from fx_workers.steps.plan import Plan, make_plan, request_messages
-from fx_workers.steps.publish import conclude
+from fx_workers.steps.promote import conclude
 from fx_workers.steps.topics import end_offsets, ensure_topics
 from fx_workers.steps.verify import verify_run
 from fx_workers.store.client import open_redis

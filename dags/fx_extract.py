@@ -131,7 +131,7 @@ def fx_extract() -> None:
         """Verify the run; only when it passes, point ``latest`` at it, then retire old runs."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from fx_workers.steps.publish import conclude, retire
+        from fx_workers.steps.promote import conclude, retire
         from fx_workers.steps.verify import verify_run
 
         client = _redis()

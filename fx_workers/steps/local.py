@@ -17,7 +17,7 @@ from fx_workers.progress import ProgressFactory, no_progress
 from fx_workers.protocol import ExtractionRequest
 from fx_workers.steps.aggregate import record_aggregate
 from fx_workers.steps.plan import make_plan
-from fx_workers.steps.publish import conclude, retire
+from fx_workers.steps.promote import conclude, retire
 from fx_workers.steps.verify import VerifyReport, verify_run
 from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis

@@ -2,7 +2,7 @@
 
 A run is ``running`` from its plan until verification says ``verified`` or ``failed``. Only a
 verified run can become ``latest``, by one ``SET``; readers resolve ``latest`` first, so they switch
-from one whole run to the next. Retention keeps the ``latest`` run and the most recently published
+from one whole run to the next. Retention keeps the ``latest`` run and the most recently promoted
 others up to ``retention.runs``, and deletes the rest (superseded, failed, and abandoned runs) with
 ``SCAN`` + ``UNLINK``, never ``KEYS``.
 
@@ -127,7 +127,7 @@ class RunRegistry:
         value = self.client.get(self.keys.latest)
         return value.decode() if value is not None else None
 
-    def publish(self, run_id: str) -> None:
+    def promote(self, run_id: str) -> None:
         """Point ``latest`` at a verified run (also a rollback or roll-forward to a retained one).
 
         :raises RunError: when the run does not exist or is not verified
@@ -137,8 +137,8 @@ class RunRegistry:
             raise RunError(f"run {run_id} does not exist (fx runs list shows the retained runs)")
         if status != RunStatus.VERIFIED or deleted:
             raise RunError(f"run {run_id} is {status}{' and deleted' if deleted else ''}; only a retained "
-                           "verified run can be published")
-        self.update(run_id, {"published_at": f"{time.time():.3f}"})
+                           "verified run can be promoted")
+        self.update(run_id, {"promoted_at": f"{time.time():.3f}"})
         self.client.set(self.keys.latest, run_id)
 
     def list(self) -> list[RunInfo]:
@@ -166,14 +166,14 @@ class RunRegistry:
         return total
 
     def retire(self, keep: int, stale_seconds: float) -> list[str]:
-        """Delete the records of every run but ``latest``, the ``keep - 1`` other most recently published
+        """Delete the records of every run but ``latest``, the ``keep - 1`` other most recently promoted
         verified runs, and runs running for less than ``stale_seconds``; returns the ids deleted now.
         Manifests stay (marked deleted) for the :data:`HISTORY` newest deleted runs."""
         latest, now = self.latest(), time.time()
         runs = [r for r in self.list() if not r.get("deleted")]
-        published = sorted((r for r in runs if r.get("status") == RunStatus.VERIFIED and r.get("published_at")
-                            and not r.latest), key=lambda r: float(r.get("published_at")), reverse=True)
-        kept = {latest} | {r.run_id for r in published[: max(keep - 1, 0)]}
+        promoted = sorted((r for r in runs if r.get("status") == RunStatus.VERIFIED and r.get("promoted_at")
+                            and not r.latest), key=lambda r: float(r.get("promoted_at")), reverse=True)
+        kept = {latest} | {r.run_id for r in promoted[: max(keep - 1, 0)]}
         doomed = [r.run_id for r in runs if r.run_id not in kept and not (
             r.get("status") == RunStatus.RUNNING and now - float(r.get("created", "0")) < stale_seconds)]
         for run_id in doomed:
@@ -185,7 +185,7 @@ class RunRegistry:
 
     def delete(self, run_id: str) -> int:
         """Unlink every key of the run's namespace and mark its manifest deleted; returns the keys unlinked."""
-        self.update(run_id, {"deleted": f"{time.time():.3f}"})  # publish() refuses it from here on
+        self.update(run_id, {"deleted": f"{time.time():.3f}"})  # promote() refuses it from here on
         deleted = 0
         batch: list[bytes] = []
         for key in self.client.scan_iter(match=self.namespace(run_id).pattern, count=SCAN_COUNT):

@@ -289,8 +289,8 @@ def runs_list() -> None:
     stdout().print(table)
 
 
-@runs_app.command("publish")
-def runs_publish(run: Annotated[str, typer.Argument(help="A retained verified run (fx runs list).")]) -> None:
+@runs_app.command("promote")
+def runs_promote(run: Annotated[str, typer.Argument(help="A retained verified run (fx runs list).")]) -> None:
     """Point readers at another retained verified run: a rollback or a roll-forward, in one write."""
     from fx_workers.store.client import open_redis
     from fx_workers.store.keys import RedisKeys
@@ -300,7 +300,7 @@ def runs_publish(run: Annotated[str, typer.Argument(help="A retained verified ru
     registry = RunRegistry(open_redis(config), RedisKeys(config.prefix))
     before = registry.latest()
     try:
-        registry.publish(run)
+        registry.promote(run)
     except RunError as exc:
         raise fail(str(exc)) from None
     console().print(f"{registry.keys.latest}: {before} -> {run}")

@@ -44,14 +44,14 @@ def features(seed: int = 5) -> BatchFeatures:
     return BatchFeatures(np.array(HOSTILE), node_values, np.array(["t1", "t:2"]), edge_values)
 
 
-def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, publish: bool = True,
+def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, promote: bool = True,
         names: tuple[Sequence[str], Sequence[str]] = (NODE_FEATURE_NAMES, EDGE_FEATURE_NAMES)) -> None:
     registry.create(run_id, {"as_of": 123, "schema": "s1", "plan": "0" * 16, "batches": 1,
                              "accounts": len(HOSTILE), **schema_fields(*names)})
     BatchWriter(registry.client, KEYS.of_run(run_id)).write(batch or features())
-    if publish:
+    if promote:
         registry.update(run_id, {"status": RunStatus.VERIFIED})
-        registry.publish(run_id)
+        registry.promote(run_id)
 
 
 def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
@@ -79,7 +79,7 @@ def test_a_record_is_read_with_its_own_runs_names(client: redis.Redis, tmp_path)
     old = BatchFeatures(np.array(["a", "b:c"]), np.array([[1.5, 2.0, -0.25], [3.0, 0.1 + 0.2, 1e300]]),
                         np.array(["t1"]), np.array([[7.0]]))
     run(registry, "old", old, names=(old_nodes, old_edges))
-    run(registry, "new", features(), publish=False)
+    run(registry, "new", features(), promote=False)
     reader = FeatureReader(client, KEYS, "old")
     [a, bc] = reader.nodes(["a", "b:c"])
     assert {k: v for k, v in a.items() if not k.startswith("_")} == {"zeta": 1.5, "out_count": 2.0, "alpha": -0.25}
@@ -138,16 +138,16 @@ def test_a_key_of_another_type_is_overwritten_and_otherwise_reads_as_absent(clie
 def test_only_a_verified_run_is_published_and_rollback_is_one_write(client: redis.Redis) -> None:
     registry = RunRegistry(client, KEYS)
     run(registry, "r1", features(1))
-    run(registry, "r2", features(2), publish=False)
+    run(registry, "r2", features(2), promote=False)
     with pytest.raises(RunError, match="run r2 is running"):
-        registry.publish("r2")
+        registry.promote("r2")
     with pytest.raises(RunError, match="does not exist"):
-        registry.publish("nope")
+        registry.promote("nope")
     registry.update("r2", {"status": RunStatus.VERIFIED})
-    registry.publish("r2")
+    registry.promote("r2")
     reader = FeatureReader(client, KEYS)
     assert reader.nodes(["a"])[0]["_run_id"] == "r2"
-    registry.publish("r1")
+    registry.promote("r1")
     assert reader.nodes(["a"])[0] == FeatureReader(client, KEYS, "r1").nodes(["a"])[0]
     assert reader.nodes(["a"])[0]["out_count"] == features(1).node_values[0, 0]
 
@@ -157,9 +157,9 @@ def test_retention_keeps_the_live_and_the_last_published_runs(client: redis.Redi
     for run_id in ("r1", "r2", "r3"):
         run(registry, run_id)
         time.sleep(0.01)
-    run(registry, "failed", publish=False)
+    run(registry, "failed", promote=False)
     registry.update("failed", {"status": RunStatus.FAILED})
-    run(registry, "running", publish=False)
+    run(registry, "running", promote=False)
     assert sorted(registry.retire(keep=2, stale_seconds=3600)) == ["failed", "r1"]
     namespaces = {k.decode().split(":")[1] for k in client.scan_iter(match=f"{PREFIX}:*")} - {"run", "runs", "latest"}
     assert namespaces == {"r2", "r3", "running"}
@@ -167,6 +167,6 @@ def test_retention_keeps_the_live_and_the_last_published_runs(client: redis.Redi
         ("running", "running"), ("failed", "failed (deleted)"), ("r3", "verified"), ("r2", "verified"),
         ("r1", "verified (deleted)")]
     with pytest.raises(RunError, match="is verified and deleted"):
-        registry.publish("r1")
+        registry.promote("r1")
     assert registry.retire(keep=1, stale_seconds=0) == ["running", "r2"]
     assert registry.latest() == "r3"

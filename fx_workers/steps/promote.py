@@ -1,4 +1,4 @@
-"""The last step of a run: record the verdict, and only for a verified run flip ``latest`` to it
+"""The last step of a run: record the verdict, and only for a verified run promote it, pointing ``latest`` at it
 (one ``SET``); then retire runs beyond ``retention.runs``. A failed run changes nothing readers see."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def registry_of(settings: Settings, client: redis.Redis) -> RunRegistry:
 
 
 def conclude(settings: Settings, client: redis.Redis, report: VerifyReport, **manifest: object) -> None:
-    """Write the verdict into the manifest and, when verification passed, publish the run.
+    """Write the verdict into the manifest and, when verification passed, promote the run to ``latest``.
 
     :param manifest: more manifest fields (timings)
     """
@@ -41,14 +41,14 @@ def conclude(settings: Settings, client: redis.Redis, report: VerifyReport, **ma
     size = registry.size_estimate(report.run_id, report.node_sample, report.edge_sample, report.accounts,
                                   report.transfers)
     registry.update(report.run_id, {"status": RunStatus.VERIFIED, "size_bytes": size, **finished})
-    registry.publish(report.run_id)
-    log.info("published run %s: %s now names it", report.run_id, registry.keys.latest)
+    registry.promote(report.run_id)
+    log.info("promoted run %s: %s now names it", report.run_id, registry.keys.latest)
 
 
 def retire(settings: Settings, client: redis.Redis) -> list[str]:
     """Delete the runs retention does not keep; returns their ids."""
     started = time.perf_counter()
     deleted = registry_of(settings, client).retire(settings.retention.runs, settings.retention.stale_hours * 3600)
-    log.info("retention kept %d published runs; deleted %s in %.1fs", settings.retention.runs, deleted or "none",
+    log.info("retention kept %d promoted runs; deleted %s in %.1fs", settings.retention.runs, deleted or "none",
              time.perf_counter() - started)
     return deleted
