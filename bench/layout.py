@@ -20,8 +20,9 @@ the masters; the float64 and tagged writers send ``SET``s packed per master ther
 one slot).
 
 Per layout: ``used_memory`` per account record and per transfer record (nodes written first, then the
-transfers), per account with its transfers, and the client's CPU (thread time: encoding, packing,
-redis-py, the socket) per record. Prints a Markdown table and writes ``bench/results/layout-<time>.json``.
+transfers; each read once it has settled, see :func:`settled_memory`), per account with its transfers,
+and the client's CPU (thread time: encoding, packing, redis-py, the socket) per record. Prints a Markdown
+table and writes ``bench/results/layout-<time>.json``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,19 @@ def used_memory(client: redis.Redis) -> int:
     return client.info("memory")["used_memory"]
 
 
+def settled_memory(client: redis.Redis, every: float = 0.5, limit: float = 30.0) -> int:
+    """:func:`used_memory` once two samples ``every`` seconds apart agree: Redis resizes its key space's hash
+    table in its cron (a shrink after the last layout's keys are deleted, the end of a growth's incremental
+    rehash, when both tables are held), which would otherwise land in whichever part is measured next."""
+    last, deadline = used_memory(client), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(every)
+        if (now := used_memory(client)) == last:
+            break
+        last = now
+    return last
+
+
 def measure_layout(client: redis.Redis, layout: str, saved: dict[str, np.ndarray]) -> dict[str, Any]:
     """Write every record in ``layout`` into an empty prefix; bytes and client CPU per record, per part."""
     keys = RedisKeys(PREFIX).of_run(f"{layout}0")
@@ -140,12 +154,12 @@ def measure_layout(client: redis.Redis, layout: str, saved: dict[str, np.ndarray
     for part in ("nodes", "edges"):
         work = batches(saved, part)
         records = sum(len(b.node_ids) + len(b.tx_ids) for b in work)
-        before = used_memory(client)
+        before = settled_memory(client)
         started, used = time.perf_counter(), time.thread_time()
         for batch in work:
             WRITERS[layout](client, keys, batch)
         seconds, cpu = time.perf_counter() - started, time.thread_time() - used
-        after = used_memory(client)
+        after = settled_memory(client)
         result[part] = {"records": records, "bytes_per_record": (after - before) / records,
                         "client_cpu_us_per_record": cpu / records * 1e6, "wall_us_per_record": seconds / records * 1e6}
     clear_prefix(client, PREFIX)
