@@ -20,9 +20,9 @@
    when that result is missing or of another plan).
 5. **verify** checks counts, a recomputed sample and sampled checksums; only then it points
    `fx:latest` at the run (readers switch atomically) and updates the `fx://node_features` asset.
-   A failed verification changes nothing readers see. After publishing, it deletes runs beyond
-   `retention.runs` and failed or abandoned ones (never the one `fx:latest` names); a failure there is
-   logged and left to the next run, since readers are not affected.
+   A failed verification changes nothing readers see. The asset's update schedules `fx_retire`,
+   which deletes runs beyond `retention.runs` and failed or abandoned ones in a DAG run of its own,
+   outside this one.
 
 Params: `as_of` (epoch seconds; empty means the run's data interval end), `batch_size`,
 `timeout_minutes`. Troubleshooting: the worker logs (`.stack/logs/worker-N.log`) have one line per
@@ -31,13 +31,13 @@ batch; rejected requests are in `feature-extraction-dlq` with the reason; `fx ru
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.kafka.operators.produce import ProduceToTopicOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
+from fx_airflow.assets import NODE_FEATURES
 from fx_airflow.operators import WaitForBatchesOperator
 
 from fx_workers.config import settings
@@ -48,9 +48,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DagRun
     from redis import Redis
 
-log = logging.getLogger(__name__)
 KAFKA, NEO4J, REDIS = "fx_kafka", "fx_neo4j", "fx_redis"
-NODE_FEATURES = Asset("fx://node_features")
 config = settings()
 topics = config.kafka.topics
 
@@ -128,10 +126,10 @@ def fx_extract() -> None:
 
     @task(outlets=[NODE_FEATURES], retries=1)
     def verify(plan: dict[str, Any], waited: dict[str, Any]) -> str:
-        """Verify the run; only when it passes, point ``latest`` at it, then retire old runs."""
+        """Verify the run; only when it passes, point ``latest`` at it (the asset's update schedules fx_retire)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from fx_workers.steps.promote import conclude, retire
+        from fx_workers.steps.promote import conclude
         from fx_workers.steps.verify import verify_run
 
         client = _redis()
@@ -139,10 +137,6 @@ def fx_extract() -> None:
         conclude(config, client, report, wait_seconds=waited["seconds"])
         if not report.ok:
             raise AirflowFailException(str(report))
-        try:  # retention is housekeeping: the run is published, and the next run retires what this one left
-            retire(config, client)
-        except Exception:
-            log.warning("retiring old runs failed; the next run retries", exc_info=True)
         return str(report)
 
     planned = plan()

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from fx_workers.config import REPO_ROOT
@@ -116,9 +117,22 @@ class StackAirflow:
         """Clear every task of the DAG run, as the UI's "Clear" does: the run starts again."""
         self.api.request(f"{self.DAG}/dagRuns/{run_id}/clear", {"dry_run": False})
 
-    def task_log(self, run_id: str, task: str) -> str:
-        logs = self.settings.stack.dir / "airflow" / "logs" / "dag_id=fx_extract" / f"run_id={run_id}"
+    def task_log(self, run_id: str, task: str, dag: str = "fx_extract") -> str:
+        logs = self.settings.stack.dir / "airflow" / "logs" / f"dag_id={dag}" / f"run_id={run_id}"
         return "".join(path.read_text() for path in (logs / f"task_id={task}").glob("attempt=*"))
+
+    def retirement(self, run_id: str, timeout: float = 300) -> str:
+        """The id of the ``fx_retire`` run that ``run_id``'s promotion scheduled (the asset event of its
+        ``verify``), once it has succeeded."""
+        verified = self.api.request(f"{self.DAG}/dagRuns/{run_id}/taskInstances/verify")["start_date"]
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.api.request("/api/v2/dags/fx_retire/dagRuns?order_by=-run_after&limit=5")["dag_runs"]
+            after = [r for r in runs if datetime.fromisoformat(r["run_after"]) >= datetime.fromisoformat(verified)]
+            if after and after[-1]["state"] == "success":
+                return after[-1]["dag_run_id"]
+            assert time.monotonic() < deadline, f"no fx_retire run succeeded after {run_id} in {timeout:.0f}s: {after}"
+            time.sleep(0.5)
 
     def fx_runs(self, client: redis.Redis, run_id: str) -> list[str]:
         """The fx runs the DAG run made, newest first (a cleared DAG run makes a new one)."""

@@ -1,4 +1,4 @@
-"""The DAG parses cleanly and touches no service while parsing (the DAG processor re-parses it often)."""
+"""The DAGs parse cleanly and touch no service while parsing (the DAG processor re-parses them often)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,13 @@ def dagbag(monkeypatch: pytest.MonkeyPatch):
         mock.patch("neo4j.GraphDatabase.driver", refuse),
     ):
         yield DagBag(dag_folder=ROOT / "dags")
-    sys.modules.pop("fx_extract", None)
+    for name in ("fx_extract", "fx_retire"):
+        sys.modules.pop(name, None)
 
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert "fx_extract" in dagbag.dags
+    assert {"fx_extract", "fx_retire"} <= dagbag.dags.keys()
 
 
 def test_shape(dagbag) -> None:
@@ -53,13 +54,23 @@ def test_shape(dagbag) -> None:
     assert [o.name for o in dag.get_task("verify").outlets] == ["fx://node_features"]
 
 
+def test_retention_runs_on_each_promotion_outside_the_extraction(dagbag) -> None:
+    """fx_extract no longer retires old runs itself: its verify's asset event schedules fx_retire, which
+    starts unpaused (a paused retention would let old runs fill Redis)."""
+    dag = dagbag.dags["fx_retire"]
+    assert [t.task_id for t in dag.tasks] == ["retire"]
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["fx://node_features"]
+    assert dag.is_paused_upon_creation is False
+    assert dag.max_active_runs == 1
+
+
 def test_parsing_imports_no_engine_and_no_client() -> None:
     """Parsing (the DAG processor's loop, and every task process's start) stays cheap: the Neo4j driver,
     redis-py, numpy and fx's engine and store are imported by the tasks that use them, not by the parse.
     Structural, not timed: ``python -X importtime`` of the DAG file measures it."""
     import subprocess
 
-    code = ("import sys, fx_extract; "
+    code = ("import sys, fx_extract, fx_retire; "
             "print(sorted(m for m in ('neo4j', 'redis', 'numpy', 'fx_workers.engine', 'fx_workers.store', "
             "'fx_workers.steps.plan') if m in sys.modules))")
     out = subprocess.run((sys.executable, "-c", code), cwd=ROOT / "dags", capture_output=True, text=True, check=True,
