@@ -216,9 +216,9 @@ def test_rollback_and_retention(piece: Slice, graph: list[Transfer], redis_clien
 
     account = accounts_of(graph)[-1]
     assert reader(piece, redis_client).nodes([account])[0]["_as_of"] == str(times["after"])
-    fx(piece, "runs", "publish", runs[1].run_id)
+    fx(piece, "runs", "promote", runs[1].run_id)
     assert reader(piece, redis_client).nodes([account])[0]["_as_of"] == str(times["inside"])
-    assert "run deadbeef does not exist" in fx(piece, "runs", "publish", "deadbeef", check=False).stderr
+    assert "run deadbeef does not exist" in fx(piece, "runs", "promote", "deadbeef", check=False).stderr
 
 
 def test_features_get_prints_json_and_names_missing_ids(piece: Slice, graph: list[Transfer]) -> None:
