@@ -56,8 +56,9 @@ class ReadAhead:
         return self._pool.submit(self.graph.read, request).result()
 
     def close(self) -> None:
-        """Drop the reads not begun yet; one running ends with the driver's close."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop the reads not begun yet and wait for the one running (one batch at most), so the driver
+        is never closed under a read: the driver raises ``BufferError`` from the read thread then."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Prefetched:

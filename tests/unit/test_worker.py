@@ -311,3 +311,27 @@ def test_a_static_member_outlasts_a_broker_restart() -> None:
     config = consumer_config(load_settings(), "7")
     assert config["group.instance.id"] == "fx-worker-7" and config["enable.auto.commit"] is False
     assert config["session.timeout.ms"] == 45_000  # Kafka's default; a broker's group.max.session.timeout.ms is 30 min
+
+
+def test_closing_the_reads_waits_for_the_one_running() -> None:
+    """The worker closes the Neo4j driver right after the reads: a read still running then would fail
+    inside the driver (``BufferError``), so close waits for it, and drops the reads not begun."""
+    started, release = threading.Event(), threading.Event()
+    finished = []
+
+    class SlowGraph:
+        schema_version = "v"
+
+        def read(self, request: Any) -> Any:
+            started.set()
+            release.wait(10)
+            finished.append(request)
+            return request
+
+    reads = ReadAhead(SlowGraph())
+    reads.start("running")
+    reads.start("queued")
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    reads.close()
+    assert finished == ["running"]
