@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import types
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fx_workers.protocol import PartStats
 from fx_workers.store.records import RecordSchema, schema_fields
 from fx_workers.store.runs import RunError, RunStatus
+from fx_workers.store.signals import BatchRow
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -51,9 +52,6 @@ class HashFields(BaseModel):
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return {name: value if isinstance(value, str) else json.dumps(value) for name, value in data.items()}
 
-
-BatchRow = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], str]
-"""A counted batch: account records, transfer records, and the checksum its worker reported."""
 
 
 class DriftRow(BaseModel):
