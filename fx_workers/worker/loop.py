@@ -2,8 +2,8 @@
 
 At least once: an offset is committed only after the broker acknowledged its outcome (a signal, a dead
 letter), so a worker killed mid-batch leaves it to be redelivered and rewritten with the same bytes.
-While a batch is written, the next request, if already fetched and of the run this worker just
-computed (so a stale or forged one is still refused before any read), is read on the read thread; it is
+While a batch is written, the next request, if already fetched and of the run and plan this worker just
+computed (a request of another run or plan is never read ahead), is read on the read thread; it is
 committed after the current one, and rewound with it, so nothing read ahead is ever skipped. The first
 SIGTERM/SIGINT is a warm stop (finish what was taken), the second a cold stop (abandon it uncommitted).
 """
@@ -22,7 +22,7 @@ from fx_workers.protocol import BatchStatus, ExtractionRequest, MessageError
 from fx_workers.steps.write import RedisSink
 from fx_workers.store.client import open_redis
 from fx_workers.store.keys import RedisKeys
-from fx_workers.worker.health import WorkerStats, is_alive, record_health
+from fx_workers.worker.health import WorkerStats, record_health
 from fx_workers.worker.job import MAX_BACKOFF_SECONDS, Outcome, handle, is_transient, retry_delays
 from fx_workers.worker.reads import Neo4jGraph, Prefetched, ReadAhead
 from fx_workers.worker.transport import DeliveryError, KafkaTransport
@@ -81,10 +81,6 @@ class Worker:
     def stop(self) -> None:
         """Warm stop: finish what was taken, then leave the loop."""
         self._stopping.set()
-
-    def consuming(self) -> bool:
-        """Whether the loop is alive: it polled recently, or it is inside a batch that may still finish."""
-        return is_alive(time.monotonic() - self._polled, self.stats.current)
 
     def run(self) -> None:
         """Consume until :meth:`stop`, ``max_messages`` or a :class:`ColdStopError`; always close cleanly.
