@@ -45,7 +45,9 @@ def progress_line(ledger: SignalLedger, elapsed: float) -> str:
 
 def ledger_event(ledger: SignalLedger, status: str, seconds: float) -> dict[str, Any]:
     """The JSON-safe payload of the trigger event. ``retryable`` and ``resent`` are complete, so the operator
-    can send those batches again and defer with the counts carried on; ``ledger`` is what was counted."""
+    can send those batches again and defer with the counts carried on; ``ledger``, what was counted, only when
+    the run is done (aggregate's input; it grows with the batches, and every other event is acted on by its
+    counts alone)."""
     missing = ledger.missing()
     return {
         "status": status, "run_id": ledger.run_id, "done": len(ledger.counted), "total": ledger.batches,
@@ -54,7 +56,7 @@ def ledger_event(ledger: SignalLedger, status: str, seconds: float) -> dict[str,
         "retryable": {str(b): e for b, e in sorted(ledger.retryable.items())},
         "resent": {str(b): n for b, n in sorted(ledger.resent.items())},
         "failures": {str(b): ledger.failures[b] for b in sorted(ledger.retryable)},
-        "ledger": ledger.model_dump(mode="json"),
+        **({"ledger": ledger.model_dump(mode="json")} if status == "done" else {}),
     }
 
 
