@@ -130,14 +130,19 @@ class RunRegistry:
     def promote(self, run_id: str) -> None:
         """Point ``latest`` at a verified run (also a rollback or roll-forward to a retained one).
 
-        :raises RunError: when the run does not exist or is not verified
+        :raises RunError: when the run does not exist, is not verified, or its records are in an encoding this
+            fx cannot read (a run of an older fx: readers would refuse every record)
         """
-        status, deleted = self.fields(run_id, "status", "deleted")
+        from fx_workers.store.records import RecordSchema  # not at the top: records imports this module
+
+        manifest = self.manifest(run_id)
+        status, deleted = manifest.get("status"), manifest.get("deleted")
         if status is None:
             raise RunError(f"run {run_id} does not exist (fx runs list shows the retained runs)")
         if status != RunStatus.VERIFIED or deleted:
             raise RunError(f"run {run_id} is {status}{' and deleted' if deleted else ''}; only a retained "
                            "verified run can be promoted")
+        RecordSchema.from_manifest(run_id, manifest)
         self.update(run_id, {"promoted_at": f"{time.time():.3f}"})
         self.client.set(self.keys.latest, run_id)
 

@@ -150,6 +150,10 @@ def test_only_a_verified_run_is_published_and_rollback_is_one_write(client: redi
     registry.promote("r1")
     assert reader.nodes(["a"])[0] == FeatureReader(client, KEYS, "r1").nodes(["a"])[0]
     assert reader.nodes(["a"])[0]["out_count"] == features(1).node_values[0, 0]
+    registry.update("r2", {"encoding": "float64-le"})  # as an older fx wrote it
+    with pytest.raises(RunError, match="run r2 has no tagged-le record schema"):
+        registry.promote("r2")  # readers would refuse every record of it
+    assert registry.latest() == "r1"
 
 
 def test_retention_keeps_the_live_and_the_last_published_runs(client: redis.Redis) -> None:
