@@ -36,6 +36,7 @@ from fx_workers.steps.verify import verify_run
 from fx_workers.store.client import open_redis
 from fx_workers.store.signals import SignalLedger
 from fx_workers.tools.doctor import topic_partitions
+from ops.fixtures import kafka_overrides
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -61,16 +62,6 @@ READY_TIMEOUT_SECONDS = 60.0
 IDLE_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
 """``consume()`` waits this long unless it has a full batch of messages: the bench's own latency."""
-
-
-def bench_environment(tag: str) -> dict[str, str]:
-    """``FX__`` overrides giving a measurement its own topics and consumer group."""
-    return {
-        "FX__KAFKA__TOPICS__REQUESTS": f"{PREFIX}{tag}-requests",
-        "FX__KAFKA__TOPICS__RESULTS": f"{PREFIX}{tag}-results",
-        "FX__KAFKA__TOPICS__DEAD_LETTER": f"{PREFIX}{tag}-dlq",
-        "FX__KAFKA__CONSUMER_GROUP": f"{PREFIX}{tag}",
-    }
 
 
 def remove_leftovers(admin: AdminClient) -> None:
@@ -164,7 +155,7 @@ def run_distributed(*, as_of: int, run_id: str, workers: int) -> Measurement:
     from confluent_kafka.admin import AdminClient
 
     tag = uuid.uuid4().hex[:8]
-    env = os.environ | bench_environment(tag)
+    env = os.environ | kafka_overrides(f"{PREFIX}{tag}")  # a measurement's own topics and group
     settings = load_settings(environ=env)
     kafka = {"bootstrap.servers": settings.kafka.bootstrap_servers}
     admin = AdminClient(kafka)

@@ -40,14 +40,22 @@ AS_OF = 1_735_000_000
 """Inside the generated graph's time range, so some transfers are after it."""
 
 
+def kafka_overrides(name: str) -> dict[str, str]:
+    """``FX__`` overrides giving ``name`` topics and a consumer group of its own."""
+    return {
+        "FX__KAFKA__TOPICS__REQUESTS": f"{name}-requests",
+        "FX__KAFKA__TOPICS__RESULTS": f"{name}-results",
+        "FX__KAFKA__TOPICS__DEAD_LETTER": f"{name}-dlq",
+        "FX__KAFKA__CONSUMER_GROUP": name,
+    }
+
+
 def overrides(tag: str) -> dict[str, str]:
+    """A test slice's own graph labels, topics, consumer group and Redis prefix."""
     return {
         "FX__GRAPH__ACCOUNT_LABEL": f"T{tag}Account",
         "FX__GRAPH__TRANSFER_TYPE": f"T{tag}_TRANSFER",
-        "FX__KAFKA__TOPICS__REQUESTS": f"fx-test-{tag}-requests",
-        "FX__KAFKA__TOPICS__RESULTS": f"fx-test-{tag}-results",
-        "FX__KAFKA__TOPICS__DEAD_LETTER": f"fx-test-{tag}-dlq",
-        "FX__KAFKA__CONSUMER_GROUP": f"fx-test-{tag}",
+        **kafka_overrides(f"fx-test-{tag}"),
         "FX__REDIS__PREFIX": f"fxtest{tag}",
     }
 
