@@ -245,8 +245,11 @@ def probe(service: Service, *, ready: bool = True) -> tuple[str | None, str]:
     return detail, ""
 
 
-def start_all(services: list[Service], layout: Layout, env: dict[str, str], timeout: float) -> None:
+def start_all(services: list[Service], layout: Layout, env: Callable[[], dict[str, str]], timeout: float) -> None:
     """Start what is not running, in dependency order, and wait until every service is healthy.
+
+    :param env: the stack's variables, asked again for each service it starts: a service started after
+        Neo4j's or Redis's first start sees the password that start generated (Airflow's connections)
 
     :raises StackError: when a service cannot start, exits while starting or is not healthy in ``timeout``
     """
@@ -263,7 +266,7 @@ def start_all(services: list[Service], layout: Layout, env: dict[str, str], time
             proc = running(layout, service.name)
             if proc:
                 print(f"{service.name}: already running (pid {proc.pid})")
-            started = None if proc else start(service, layout, env)
+            started = None if proc else start(service, layout, env())
             waiting[service.name] = (time.monotonic(), started)
         if not waiting:
             raise StackError(f"cannot start {', '.join(pending)}: they need services that are not defined")

@@ -79,7 +79,7 @@ def up(settings: Settings, layout: Layout, only: list[Service] | None = None) ->
     :param only: these services instead of the whole stack (a test's own Redis Cluster)
     """
     print(f"up: environment in {show(write_env_file(settings, layout))}")
-    start_all(only or services(settings, layout), layout, env_exports(settings),
+    start_all(only or services(settings, layout), layout, lambda: env_exports(settings),
               settings.stack.start_timeout_seconds)
     write_env_file(settings, layout)  # again: a first start of Neo4j generated the password fx_neo4j needs
 

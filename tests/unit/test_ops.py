@@ -26,7 +26,7 @@ from ops.secrets import generate_secret
 from ops.stack import down, status, up, write_env_file
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from fx_workers.config import Settings
@@ -122,6 +122,33 @@ def test_up_starts_detached_waits_for_health_and_down_stops_by_pid(
     assert not layout.pid_file("sleeper").exists()
     status(settings, layout)
     assert "stopped" in capsys.readouterr().out
+
+
+def test_a_service_started_after_a_first_start_gets_the_password_it_generated(
+    settings: Settings, layout: Layout, fake: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow starts after Neo4j, whose first start generates the password: the connection Airflow is
+    started with (``AIRFLOW_CONN_FX_NEO4J``) must carry it, or every ``plan`` fails to log in."""
+    password = settings.neo4j.password_file
+
+    def generate() -> None:
+        password.parent.mkdir(parents=True, exist_ok=True)
+        password.write_text("s3cret-generated\n")
+
+    def healthy(name: str) -> Callable[[], str]:
+        return lambda: "up" if layout.pid_file(name).exists() else never()
+
+    first = replace(fake, name="first", prepare=generate, health=healthy("first"))
+    second = replace(fake, name="second", needs=("first",), health=healthy("second"))
+    monkeypatch.setattr(ops.stack, "services", lambda settings, layout: [first, second])
+    assert not password.exists()
+    try:
+        up(settings, layout)
+        proc = running(layout, "second")
+        assert proc is not None
+        assert "s3cret-generated" in proc.environ()["AIRFLOW_CONN_FX_NEO4J"]
+    finally:
+        down(settings, layout)
 
 
 def test_a_service_that_exits_while_starting_names_its_log(
