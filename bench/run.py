@@ -255,7 +255,7 @@ def bench_size(settings: Settings, client: redis.Redis, size: str, args: argpars
     records = RESULTS / "data" / f"records-{graph.path.stem}.npz"
     prepare_records(settings, graph.as_of, records)
     modes = {"local": [], "local-base": [], "floor-redis-cli": ["--records", str(records)],
-             "floor-redis-py": ["--records", str(records)]}
+             "floor-redis-py": ["--records", str(records)], "floor-redis-cli-hash": ["--records", str(records)]}
     notes = []
     if transactions <= args.naive_max:
         modes = {"naive": []} | modes

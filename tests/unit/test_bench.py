@@ -232,24 +232,27 @@ def size(transactions: int, *runs: dict[str, Any]) -> dict[str, Any]:
 def test_targets_give_ratios_gaps_shares_and_verdicts() -> None:
     data = {"sizes": [
         size(500, run("dag", 18.0), run("distributed-2", 1.0, worker_peak_rss=[100 * report.MB])),
-        size(100_000, run("distributed-2", 3.0, worker_peak_rss=[120 * report.MB], redis_bytes=60_000),
-             run("floor-redis-cli", 1.0)),
+        size(100_000, run("distributed-2", 3.0, worker_peak_rss=[120 * report.MB]), run("dag", 4.5),
+             run("floor-redis-cli", 1.0), run("floor-redis-cli-hash", 2.0), run("local", 9.0, redis_bytes=14_000)),
         size(1_000_000, run("distributed-2", 30.0, verify_seconds=2.0, worker_peak_rss=[200 * report.MB]),
              run("floor-redis-cli", 20.0)),
+        {**size(175_255, run("local", 5.0, redis_bytes=41_000)), "name": "amlsim"},
     ]}
     assert [row[1:] for row in report.targets(data)] == [
-        ["3.0x (3.00 s against 1.00 s; the gap: 0.50 s)", "**missed**"],  # 100k, distributed-2 / floor
-        ["1.5x (30.00 s against 20.00 s)", "**met**"],  # 1M
+        ["3.0x (3.00 s against 1.00 s; the gap: 1.00 s; the hash layout's floor 2.00 s, 1.5x)", "**missed**"],
+        ["1.5x (30.00 s against 20.00 s)", "**met**"],  # 1M, no hash floor measured
+        ["1.5x (4.50 s against 3.00 s)", "**met**"],  # 100k, Airflow against distributed-2
         ["6.7% (2.00 s)", "**met**"],  # verification's share at 1M
-        ["18.0 s (median of 1)", "**met**"],  # dag at 500
-        ["6.00 KB", "**missed**"],  # Redis per account at 100k, distributed-2 (local not measured)
+        ["18.0 s (median of 1)", "**missed**"],  # dag at 500
+        ["1,400 B", "**met**"],  # Redis per account at 100k
+        ["4,100 B", "**missed**"],  # on AMLSim
         ["500 transactions 100 MB; 100,000 transactions 120 MB; 1,000,000 transactions 200 MB", "**missed**"],
     ]
 
 
 def test_targets_say_what_was_not_measured() -> None:
     rows = report.targets({"sizes": [size(500, run("local", 1.0))]})
-    assert [row[1:] for row in rows[:4]] == [["not measured", ""]] * 4
+    assert [row[1:] for row in rows[:7]] == [["not measured", ""]] * 7
 
 
 LOG = [
