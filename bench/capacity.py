@@ -397,9 +397,15 @@ def median_of(runs: list[dict[str, Any]], mode: str, value: Any) -> float:
 
 
 def batch_overhead(run: dict[str, Any], batch_size: int = BATCH_SIZE) -> float:
-    """Per batch, what the workers' phase took beyond their own timings (one worker: nothing overlaps)."""
+    """Per batch, what the workers' phase took beyond their loop's own timings (one worker).
+
+    The loop's time for a read is its wait for it (``extract_wait``): a batch read ahead was read while the
+    one before was written, so the reads' own time (``extract``) overlaps the writes. A run measured before
+    the workers sent ``extract_wait`` falls back on ``extract``.
+    """
     phases = run["phases"]
-    own = sum(phases.get(f"worker {name} (sum)", 0.0) for name in ("extract", "write", "stats"))
+    wait = phases.get("worker extract_wait (sum)", phases.get("worker extract (sum)", 0.0))
+    own = wait + sum(phases.get(f"worker {name} (sum)", 0.0) for name in ("write", "stats"))
     batches = -(-run["accounts"] // batch_size)
     return (phases["workers"] - own) / batches
 

@@ -174,6 +174,10 @@ class CompletionSignal(_Message):
     """On ``failed``: the batch failed only through an outage that outlasted ``workers.retry_seconds``
     (a service down or restarting), so the DAG sends it again while its deadline allows."""
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    """On ``ok``, the worker's own milliseconds by part: ``extract`` the batch's read (timed on the thread
+    that read it), ``write`` and ``stats``; and, since the read ahead, ``extract_wait``: how long the
+    worker's loop waited for that read (less than ``extract`` when it ran while another batch was written).
+    Every name is optional to a consumer: a signal of an older worker has no ``extract_wait``."""
 
     @model_validator(mode="after")
     def _proof(self) -> Self:

@@ -187,10 +187,11 @@ class Worker:
         self.stats.count(done, dead_letters=outcome.dead_letter is not None)
         if done is not None and done.status is BatchStatus.OK:
             self._computed = done.run_id, done.plan
-            log.info("batch done run=%s batch=%d accounts=%d transfers=%d extract_ms=%.0f write_ms=%.0f "
+            log.info("batch done run=%s batch=%d accounts=%d transfers=%d extract_ms=%.0f (waited %.0f) write_ms=%.0f "
                      "stats_ms=%.0f signal_ms=%.0f attempt=%d", done.run_id, done.batch_id, done.accounts,
-                     done.transfers, done.timings_ms["extract"], done.timings_ms["write"], done.timings_ms["stats"],
-                     (time.perf_counter() - sent) * 1000, done.attempt)
+                     done.transfers, done.timings_ms["extract"], done.timings_ms["extract_wait"],
+                     done.timings_ms["write"], done.timings_ms["stats"], (time.perf_counter() - sent) * 1000,
+                     done.attempt)
 
     def _pause(self, seconds: float) -> None:
         """Wait before a retry; a stop meanwhile abandons the batch uncommitted."""

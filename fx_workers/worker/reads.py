@@ -8,11 +8,13 @@ than the loop's.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from fx_workers.engine.extract import catalogue_of, extract_batch
 from fx_workers.engine.graph import WindowCache
+from fx_workers.worker.job import Read
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from fx_workers.config import Settings
     from fx_workers.engine.batch import BatchFeatures
     from fx_workers.protocol import ExtractionRequest
-    from fx_workers.worker.job import GraphReader
+    from fx_workers.worker.job import BatchReader
 
 
 class Neo4jGraph:
@@ -41,19 +43,25 @@ class Neo4jGraph:
 
 
 class ReadAhead:
-    """A :class:`GraphReader` whose reads run on its thread; :meth:`start` begins one before it is needed."""
+    """A :class:`~fx_workers.worker.job.GraphReader` whose reads run, and are timed, on its thread;
+    :meth:`start` begins one before it is needed."""
 
-    def __init__(self, graph: GraphReader) -> None:
+    def __init__(self, graph: BatchReader) -> None:
         self.graph = graph
         self.schema_version = graph.schema_version
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fx-read")
 
     def start(self, request: ExtractionRequest) -> Prefetched:
         """Begin reading ``request``'s batch now; the returned reader gives it to the job."""
-        return Prefetched(self, self._pool.submit(self.graph.read, request))
+        return Prefetched(self, self._pool.submit(self._timed, request))
 
-    def read(self, request: ExtractionRequest) -> BatchFeatures:
-        return self._pool.submit(self.graph.read, request).result()
+    def read(self, request: ExtractionRequest) -> Read:
+        return self._pool.submit(self._timed, request).result()
+
+    def _timed(self, request: ExtractionRequest) -> Read:
+        started = time.perf_counter()
+        features = self.graph.read(request)
+        return Read(features, round((time.perf_counter() - started) * 1000, 1))
 
     def close(self) -> None:
         """Drop the reads not begun yet and wait for the one running (one batch at most), so the driver
@@ -62,13 +70,14 @@ class ReadAhead:
 
 
 class Prefetched:
-    """A :class:`GraphReader` for one request whose read began ahead; a retry reads it again."""
+    """A :class:`~fx_workers.worker.job.GraphReader` for one request whose read began ahead; a retry reads
+    it again."""
 
-    def __init__(self, reads: ReadAhead, future: Future[BatchFeatures]) -> None:
+    def __init__(self, reads: ReadAhead, future: Future[Read]) -> None:
         self.schema_version = reads.schema_version
         self._reads = reads
-        self._future: Future[BatchFeatures] | None = future
+        self._future: Future[Read] | None = future
 
-    def read(self, request: ExtractionRequest) -> BatchFeatures:
+    def read(self, request: ExtractionRequest) -> Read:
         future, self._future = self._future, None
         return future.result() if future is not None else self._reads.read(request)

@@ -369,6 +369,9 @@ def test_batch_overhead_and_tail_come_from_a_distributed_run() -> None:
         "plan + publish": 1.0, "workers": 10.0, "worker extract (sum)": 3.0, "worker write (sum)": 4.0,
         "worker stats (sum)": 1.0}}
     assert batch_overhead(run) == pytest.approx((10 - 8) / 3)  # 2,500 accounts: 3 batches
+    # read ahead: the reads' own 3 s overlapped the writes; the loop waited 0.5 s for them
+    run["phases"]["worker extract_wait (sum)"] = 0.5
+    assert batch_overhead(run) == pytest.approx((10 - 5.5) / 3)
     assert tail(run) == pytest.approx(4.0)
 
 

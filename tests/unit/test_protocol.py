@@ -81,6 +81,22 @@ def test_signal_round_trip_and_headers() -> None:
     assert CompletionSignal.decode(failed.encode()) == failed
 
 
+def test_the_wait_for_a_read_is_a_timing_older_signals_lack() -> None:
+    """``extract_wait`` came with the read ahead: a timing, not a field, so an older worker's signal (without
+    it) decodes and counts, and an older consumer (``extra="forbid"``) still decodes a newer signal."""
+    from fx_workers.store.signals import SignalLedger
+
+    older = ok_signal().model_copy(update={"timings_ms": {"extract": 40.0, "write": 9.0, "stats": 1.0}})
+    newer = ok_signal().model_copy(update={"batch_id": 2, "timings_ms": older.timings_ms | {"extract_wait": 0.2}})
+    ledger = SignalLedger(run_id=META["run_id"], plan=PLAN, batches=4)
+    for signal in (older, newer):
+        decoded = CompletionSignal.decode(signal.encode())
+        assert decoded == signal
+        ledger.add(decoded)
+    assert sorted(ledger.counted) == [2, 3]
+    assert set(json.loads(newer.encode())) == set(CompletionSignal.model_fields)
+
+
 def test_an_ok_signal_must_prove_what_it_wrote() -> None:
     with pytest.raises(ValueError, match="must carry a checksum"):
         CompletionSignal(**META, status=BatchStatus.OK, accounts=1)
