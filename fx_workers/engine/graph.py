@@ -9,7 +9,7 @@ replica of a cluster and retries it on a transient error; a batch's queries run 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -164,8 +164,9 @@ class WindowCache:
     """One run's reads, kept between that run's batches in one process (a worker, a local run, a
     verification): its whole pattern window (the ts index read once per run instead of a ball per batch)
     and every account's out and in counts (read once instead of each batch's counterparties' again, which
-    count a popular account in nearly every batch). It holds one run at most (:meth:`bind` drops another
-    run's), and neither a window nor counts over ``max_rows`` rows or ``max_bytes``."""
+    count a popular account in nearly every batch), and whether a transfer is after its ``as_of`` (asked
+    once instead of per batch). It holds one run at most (:meth:`bind` drops another run's), and neither a
+    window nor counts over ``max_rows`` rows or ``max_bytes``."""
 
     max_rows: int = 2_000_000
     max_bytes: int = 512 * 1024 * 1024
@@ -176,12 +177,24 @@ class WindowCache:
     """The graph's accounts (read once per run): what reading every account's counts costs."""
     counted: int = 0
     """Counterparties whose counts this run's batches have read so far, batch by batch."""
+    after: tuple[int, bool] | None = None
+    """An ``as_of`` of the run and whether some transfer is after it (then the counts filter on ts)."""
 
     def bind(self, run: str) -> WindowCache:
         """This cache for ``run``'s batches."""
         if run != self.run:
             self.run, self.window, self.counts, self.accounts, self.counted = run, None, None, None, 0
+            self.after = None
         return self
+
+    def transfers_after(self, as_of: int, ask: Callable[[], bool]) -> bool:
+        """Whether some transfer is after ``as_of``: asked once per run (its ``as_of`` is fixed), not per batch.
+
+        :param ask: asks the graph
+        """
+        if self.after is None or self.after[0] != as_of:
+            self.after = as_of, ask()
+        return self.after[1]
 
     def keep(self, window: Transfers) -> None:
         if window.nbytes <= self.max_bytes:
@@ -247,11 +260,15 @@ def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, datab
                       neighbour_out_count=nb.out, neighbour_in_count=nb.inc, window=window)
 
 
-def _neighbour_counts(tx: ManagedTransaction, cypher: Cypher, others: np.ndarray, params: dict[str, object],
+def _neighbour_counts(tx: ManagedTransaction, cypher: Cypher, others: np.ndarray, params: dict[str, Any],
                       cache: WindowCache | None) -> Counts:
     """The out and in counts of ``others`` (sorted, distinct), from the run's counts of every account when
     ``cache`` holds them or they are now worth reading, else read for ``others`` alone."""
-    every = tx.run(cypher.transfers_after, params).single() is None
+
+    def after() -> bool:
+        return tx.run(cypher.transfers_after, params).single() is not None
+
+    every = not (cache.transfers_after(params["as_of"], after) if cache is not None else after())
     if cache is not None and cache.counts is None and cache.counts_whole(
             len(others), lambda: tx.run(cypher.account_count).single(strict=True)["n"]):
         cache.keep_counts(_counts(tx.run(cypher.account_counts(every_transfer_counts=every), params)))

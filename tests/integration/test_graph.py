@@ -119,10 +119,12 @@ def _neighbours(batch: BatchInput) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["counterparties' counts", "every account's counts"])
-def test_the_batch_read_is_the_definitions(neo4j_driver: Driver, settings: Settings, cached: bool) -> None:
+def test_the_batch_read_is_the_definitions(neo4j_driver: Driver, settings: Settings, monkeypatch,
+                                           cached: bool) -> None:
     """Each transfer of the batch once per side (one between two batch accounts, or a self-transfer, an OUT
     row of its payer and an IN row of its payee, never twice), and every counterparty's own counts up to
-    ``as_of``, with transfers after it, read per batch or from the run's counts of every account."""
+    ``as_of``, with transfers after it, read per batch or from the run's counts of every account; whether a
+    transfer is after ``as_of`` is asked of Neo4j once per run with a run's cache."""
     from fx_workers.engine.graph import WindowCache, read_batch
     from tests.graphs import AS_OF, batch_input
     from tests.reference import Transfer
@@ -134,14 +136,19 @@ def test_the_batch_read_is_the_definitions(neo4j_driver: Driver, settings: Setti
     transfers = [Transfer(f"t{i}", p, q, float(i), ts) for i, (p, q, ts) in enumerate(rows)]
     database = settings.neo4j.database
     cache = WindowCache().bind("run") if cached else None
+    asked = []
+    query = Cypher.transfers_after.fget
+    monkeypatch.setattr(Cypher, "transfers_after", property(lambda c: asked.append(1) or query(c)))  # a query each
     _load(neo4j_driver, database, transfers)
     try:
-        for batch in (["a", "b", "c"], ["x", "z"], ["y", "b"], ["a", "b", "c"]):
+        batches = (["a", "b", "c"], ["x", "z"], ["y", "b"], ["a", "b", "c"])
+        for batch in batches:
             read = read_batch(neo4j_driver, Cypher(MODEL), batch, AS_OF, database, window=False, cache=cache)
             expected = batch_input(transfers, batch, AS_OF)
             assert _legs(read) == _legs(expected), batch
             assert _neighbours(read) == _neighbours(expected), batch
         assert cache is None or cache.counts is not None  # the later batches read the run's counts
+        assert len(asked) == (1 if cached else len(batches))
     finally:
         neo4j_driver.execute_query("MATCH (a:TGraphAccount) DETACH DELETE a", database_=database)
 

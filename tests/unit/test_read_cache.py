@@ -35,3 +35,17 @@ def test_counts_too_big_to_keep_are_not_read_again() -> None:
     cache.keep_counts(Counts.of(np.array(["a", "b"]), np.array([1, 2]), np.array([3, 4])))
     assert cache.counts is None and not cache.counts_whole(100, lambda: 10)
     assert not WindowCache(max_rows=5).bind("r1").counts_whole(100, lambda: 10)  # more accounts than rows
+
+
+def test_whether_transfers_are_after_as_of_is_asked_once_per_run() -> None:
+    asked: list[int] = []
+
+    def ask() -> bool:
+        asked.append(1)
+        return True
+
+    cache = WindowCache().bind("r1")
+    assert [cache.transfers_after(100, ask) for _ in range(3)] == [True] * 3 and len(asked) == 1
+    assert cache.bind("r1").transfers_after(100, ask) and len(asked) == 1  # the same run: not again
+    assert cache.bind("r2").transfers_after(100, ask) and len(asked) == 2  # another run asks again
+    assert cache.transfers_after(50, ask) and len(asked) == 3  # another as_of (not a run's) is not taken for it
