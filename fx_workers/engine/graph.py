@@ -18,7 +18,7 @@ from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, Counts, EdgeArra
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from neo4j import Driver, ManagedTransaction, Record, Result
+    from neo4j import Driver, ManagedTransaction, Record
 
     from fx_workers.config import GraphModel, Neo4jConfig
 
@@ -105,25 +105,32 @@ class Cypher:
         """How many accounts the graph holds (the count store)."""
         return self.render("MATCH (a:{A}) RETURN count(a) AS n")
 
+    @property
+    def transfer_count(self) -> str:
+        """How many transfers the graph holds (the count store)."""
+        return self.render("MATCH ()-[t:{T}]->() RETURN count(t) AS n")
+
     def neighbour_counts(self, *, every_transfer_counts: bool) -> str:
         """The accounts ``$others`` (a batch's counterparties) with their out and in transfer counts up to
-        ``$as_of``.
+        ``$as_of``; when the counts filter on ts, also ``degrees``: the sum of the accounts' degrees (the
+        degree store), the relationships the filter went through.
 
         :param every_transfer_counts: no transfer is after ``$as_of``, so the counts are plain
             degrees, read from the degree store (3.5x faster than filtering each relationship on ts)
         """
-        return self._counts("UNWIND $others AS other MATCH (u:{A} {{{id}: other}})", every_transfer_counts)
+        degrees = "" if every_transfer_counts else ", sum(COUNT {{ (u)-[:{T}]-() }}) AS degrees"
+        return self._counts("UNWIND $others AS other MATCH (u:{A} {{{id}: other}})", every_transfer_counts, degrees)
 
     def account_counts(self, *, every_transfer_counts: bool) -> str:
         """Every account with its out and in transfer counts up to ``$as_of`` (as :meth:`neighbour_counts`)."""
         return self._counts("MATCH (u:{A}) WHERE u.{id} IS NOT NULL", every_transfer_counts)
 
-    def _counts(self, match: str, every_transfer_counts: bool) -> str:
+    def _counts(self, match: str, every_transfer_counts: bool, more: str = "") -> str:
         where = "" if every_transfer_counts else " WHERE x.{ts} <= $as_of"
         return self.render(
             f"{match} RETURN collect(u.{{id}}) AS ids, "
             f"collect(COUNT {{{{ (u)-[x:{{T}}]->(){where} }}}}) AS out_count, "
-            f"collect(COUNT {{{{ (u)<-[x:{{T}}]-(){where} }}}}) AS in_count"
+            f"collect(COUNT {{{{ (u)<-[x:{{T}}]-(){where} }}}}) AS in_count{more}"
         )
 
 
@@ -166,25 +173,32 @@ class WindowCache:
     and every account's out and in counts (read once instead of each batch's counterparties' again, which
     count a popular account in nearly every batch), and whether a transfer is after its ``as_of`` (asked
     once instead of per batch). It holds one run at most (:meth:`bind` drops another run's), and neither a
-    window nor counts over ``max_rows`` rows or ``max_bytes``."""
+    window nor counts over ``max_rows`` rows or ``max_bytes``.
+
+    Whether to read every account's counts is a rent-or-buy rule on what each read touches, in accounts
+    plus relationships: a batch's counterparties' counts cost their accounts, plus, when the counts filter
+    on ts, all their relationships (their degrees, which that read returns); every account's cost the
+    graph's accounts, plus, filtered, every relationship from both ends (twice its transfers)."""
 
     max_rows: int = 2_000_000
     max_bytes: int = 512 * 1024 * 1024
     run: str | None = None
     window: Transfers | None = None
     counts: Counts | None = None
-    accounts: int | None = None
-    """The graph's accounts (read once per run): what reading every account's counts costs."""
-    counted: int = 0
-    """Counterparties whose counts this run's batches have read so far, batch by batch."""
+    graph: tuple[int, int] | None = None
+    """The graph's accounts and transfers (read once per run): what reading every account's counts costs."""
+    spent: int = 0
+    """What this run's batches have touched so far reading their counterparties' counts."""
+    rented: tuple[int, int] = (0, 0)
+    """Counterparties whose counts were read by filtering on ts so far, and their degrees summed."""
     after: tuple[int, bool] | None = None
     """An ``as_of`` of the run and whether some transfer is after it (then the counts filter on ts)."""
 
     def bind(self, run: str) -> WindowCache:
         """This cache for ``run``'s batches."""
         if run != self.run:
-            self.run, self.window, self.counts, self.accounts, self.counted = run, None, None, None, 0
-            self.after = None
+            self.run, self.window, self.counts, self.graph, self.spent = run, None, None, None, 0
+            self.rented, self.after = (0, 0), None
         return self
 
     def transfers_after(self, as_of: int, ask: Callable[[], bool]) -> bool:
@@ -200,23 +214,35 @@ class WindowCache:
         if window.nbytes <= self.max_bytes:
             self.window = window
 
-    def counts_whole(self, others: int, accounts: Callable[[], int]) -> bool:
+    def counts_whole(self, others: int, graph: Callable[[], tuple[int, int]], *, filtered: bool) -> bool:
         """Whether to read every account's counts now, rather than a batch's ``others`` counterparties': once
-        the batches' reads would have cost as much as that one (rent or buy: at most twice the cheaper of the
-        two, however many batches the run brings here).
+        what the batches' reads touched, this one's included, is as much as that one would (rent or buy: at
+        most about twice the cheaper of the two, however many batches the run brings here). This batch's
+        counterparties, when filtered, are taken to have the mean degree of those read so far (the plan
+        balances batches by degree).
 
-        :param accounts: reads how many accounts the graph holds (called once per run)
+        :param graph: reads how many accounts and transfers the graph holds (called once per run)
+        :param filtered: the counts filter on ts (some transfer is after ``as_of``)
         """
-        if self.accounts is None:
-            self.accounts = accounts()
-        self.counted += others
-        return self.accounts <= self.max_rows and self.counted >= self.accounts
+        if self.graph is None:
+            self.graph = graph()
+        accounts, transfers = self.graph
+        read, degrees = self.rented
+        this = others * (1 + (degrees / read if filtered and read else 0))
+        return accounts <= self.max_rows and self.spent + this >= accounts + (2 * transfers if filtered else 0)
+
+    def rent(self, others: int, degrees: int | None) -> None:
+        """Count a batch's read of its ``others`` counterparties' counts, ``degrees`` their degrees summed when
+        the read filtered on ts (it went through all their relationships), else None."""
+        self.spent += others + (degrees or 0)
+        if degrees is not None:
+            self.rented = self.rented[0] + others, self.rented[1] + degrees
 
     def keep_counts(self, counts: Counts) -> None:
         if counts.nbytes <= self.max_bytes:
             self.counts = counts
         else:  # too big to keep: this run's batches read their counterparties'
-            self.accounts = self.max_rows + 1
+            self.graph = self.max_rows + 1, 0
 
 
 def read_batch(driver: Driver, cypher: Cypher, ids: list[str], as_of: int, database: str, *,
@@ -268,17 +294,25 @@ def _neighbour_counts(tx: ManagedTransaction, cypher: Cypher, others: np.ndarray
     def after() -> bool:
         return tx.run(cypher.transfers_after, params).single() is not None
 
+    def graph() -> tuple[int, int]:
+        accounts, transfers = (tx.run(query).single(strict=True)["n"] for query in (cypher.account_count,
+                                                                                      cypher.transfer_count))
+        return accounts, transfers
+
     every = not (cache.transfers_after(params["as_of"], after) if cache is not None else after())
-    if cache is not None and cache.counts is None and cache.counts_whole(
-            len(others), lambda: tx.run(cypher.account_count).single(strict=True)["n"]):
-        cache.keep_counts(_counts(tx.run(cypher.account_counts(every_transfer_counts=every), params)))
+    if cache is not None and cache.counts is None and cache.counts_whole(len(others), graph, filtered=not every):
+        whole = tx.run(cypher.account_counts(every_transfer_counts=every), params).single(strict=True)
+        cache.keep_counts(_counts(whole))
     if cache is not None and cache.counts is not None and (kept := cache.counts.select(others)) is not None:
         return kept
-    return _counts(tx.run(cypher.neighbour_counts(every_transfer_counts=every), {**params, "others": others.tolist()}))
-
-
-def _counts(result: Result) -> Counts:
+    result = tx.run(cypher.neighbour_counts(every_transfer_counts=every), {**params, "others": others.tolist()})
     row = result.single(strict=True)
+    if cache is not None:
+        cache.rent(len(others), None if every else row["degrees"])
+    return _counts(row)
+
+
+def _counts(row: Record) -> Counts:
     return Counts.of(as_array(row["ids"], str), as_array(row["out_count"], np.int64),
                      as_array(row["in_count"], np.int64))
 

@@ -19,22 +19,42 @@ def test_counts_are_selected_by_id_and_refused_when_one_is_missing() -> None:
 def test_every_account_is_read_once_the_batches_would_have_cost_as_much() -> None:
     reads: list[int] = []
 
-    def accounts() -> int:
+    def graph() -> tuple[int, int]:
         reads.append(1)
-        return 10
+        return 10, 1000
 
     cache = WindowCache().bind("r1")
-    assert [cache.counts_whole(4, accounts) for _ in range(3)] == [False, False, True]
-    assert len(reads) == 1  # the graph's accounts are read once per run
-    assert not cache.bind("r2").counts_whole(4, accounts) and len(reads) == 2  # another run starts again
+    decisions = []
+    for _ in range(3):  # degrees: a counterparty costs itself, every account the graph's accounts
+        decisions.append(cache.counts_whole(4, graph, filtered=False))
+        cache.rent(4, None)
+    assert decisions == [False, False, True]
+    assert len(reads) == 1  # the graph's size is read once per run
+    assert not cache.bind("r2").counts_whole(4, graph, filtered=False) and len(reads) == 2  # another run: again
+
+
+def test_filtered_counts_weigh_the_relationships_each_read_goes_through() -> None:
+    """Filtered on ts, every account's counts go through every relationship from both ends (10 + 2 x 100 = 210
+    here); a batch's counterparties' through theirs: the busy ones, 20 relationships each here, so the third
+    batch buys (84 + 84 + 84 >= 210), where counting accounts alone would rent 50 batches (4 x 50 >= 210)."""
+    cache = WindowCache().bind("r1")
+    decisions = []
+    for _ in range(3):
+        decisions.append(cache.counts_whole(4, lambda: (10, 100), filtered=True))
+        cache.rent(4, 80)
+    assert decisions == [False, False, True] and cache.spent == 3 * 84
+    first = WindowCache().bind("r1")  # before a read, a batch's counterparties cost themselves
+    assert not first.counts_whole(200, lambda: (10, 100), filtered=True)
+    assert first.counts_whole(210, lambda: (10, 100), filtered=True)
 
 
 def test_counts_too_big_to_keep_are_not_read_again() -> None:
     cache = WindowCache(max_bytes=10).bind("r1")
-    assert cache.counts_whole(10, lambda: 10)
+    assert cache.counts_whole(10, lambda: (10, 0), filtered=False)
     cache.keep_counts(Counts.of(np.array(["a", "b"]), np.array([1, 2]), np.array([3, 4])))
-    assert cache.counts is None and not cache.counts_whole(100, lambda: 10)
-    assert not WindowCache(max_rows=5).bind("r1").counts_whole(100, lambda: 10)  # more accounts than rows
+    assert cache.counts is None and not cache.counts_whole(100, lambda: (10, 0), filtered=False)
+    more = WindowCache(max_rows=5).bind("r1")  # more accounts than rows
+    assert not more.counts_whole(100, lambda: (10, 0), filtered=False)
 
 
 def test_whether_transfers_are_after_as_of_is_asked_once_per_run() -> None:
