@@ -326,3 +326,32 @@ def test_airflow_log_servers_still_bind_every_interface() -> None:
     source = (Path(spec.origin).parent / "utils" / "serve_logs" / "core.py").read_text()
     assert 'host="",' in source
     assert "Could not read served logs" in (REPO_ROOT / "docs" / "operations.md").read_text()
+
+
+def test_the_api_server_is_healthy_once_its_execution_api_answered(settings: Settings, layout: Layout) -> None:
+    """The execution API is built on its first request; the health wait makes that request, not the first task."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Airflow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b'{"metadatabase": {"status": "healthy"}}' if self.path == "/api/v2/monitor/health" else b"{}"
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Airflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        airflow = settings.airflow.model_copy(update={"api_port": server.server_port})
+        api_server = by_name(settings.model_copy(update={"airflow": airflow}), layout)["airflow-api-server"]
+        assert api_server.health() == "api-server healthy"
+    finally:
+        server.shutdown()
+    assert asked == ["/api/v2/monitor/health", "/execution/health"]
