@@ -3,9 +3,11 @@
 //
 //  1. GET {prefix}:latest (or take -run) to find the run;
 //  2. HMGET {prefix}:run:{run} encoding node_names edge_names: the run's own names, in record order;
-//  3. GET {prefix}:{run}:n:{id} (e:{tx_id} with -edge) for each id, and decode the value (tagged-le):
-//     a header of one 2-bit code per name, then the values that are not +0.0, little-endian, in the
-//     width their code gives (0: +0.0, no bytes; 1: uint8; 2: uint32; 3: float64).
+//  3. GET {prefix}:{run}:n:{id} (e:{tx_id} with -edge) for each id, and decode the value
+//     (tagged-varint): a header of one 2-bit code per name; then the fixed-width values in order
+//     (code 1: uint8; code 3: float64 little-endian); then the varints in order (code 2: an unsigned
+//     LEB128 m, an integer m>>1 when m is even, else hundredths n = m>>5 whose double's bits are
+//     stepped by ((m>>1)&15) - 8); code 0 is +0.0, with no bytes.
 //
 // It prints one line per feature, "id<TAB>name<TAB>value", with the value in Go's shortest
 // round-trip form (strconv 'g', -1), so a parser gets back exactly the stored double.
@@ -31,10 +33,10 @@ import (
 )
 
 // Encoding is the only record encoding this reader understands (the manifest's "encoding").
-const Encoding = "tagged-le"
+const Encoding = "tagged-varint"
 
-// widths are the bytes of a value, by its code.
-var widths = [4]int{0, 1, 4, 8}
+// fixedWidths are the bytes of a value before the varints, by its code (code 2 is a varint).
+var fixedWidths = [4]int{0, 1, 0, 8}
 
 // Schema is a run's record schema, from its manifest.
 type Schema struct {
@@ -42,22 +44,52 @@ type Schema struct {
 	Edges []string
 }
 
-// Decode turns a stored record into its features by name; its length must be what its codes say.
+// varintValue is the double a code-2 varint stands for: the integer m>>1 when m is even; else the
+// double whose bits are those of n/100 (n = m>>5, exact below 2**53, the division correctly rounded as
+// in every IEEE language) plus d = ((m>>1)&15) - 8 units in the last place.
+func varintValue(m uint64) float64 {
+	if m&1 == 0 {
+		return float64(m >> 1)
+	}
+	bits := math.Float64bits(float64(m>>5)/100) + ((m >> 1) & 15) - 8
+	return math.Float64frombits(bits)
+}
+
+// Decode turns a stored record into its features by name; its bytes must be what its codes say: the
+// header, the fixed-width values, then exactly one varint (1 to 8 bytes) per code 2.
 func Decode(names []string, value []byte) (map[string]float64, error) {
 	head := (len(names) + 3) / 4
 	if len(value) < head {
 		return nil, fmt.Errorf("a record of %d bytes; the run's %d names need a %d-byte header", len(value), len(names), head)
 	}
 	code := func(i int) byte { return value[i/4] >> (2 * (i % 4)) & 3 }
-	size := head
+	fixed, count := head, 0
 	for i := range names {
-		size += widths[code(i)]
+		fixed += fixedWidths[code(i)]
+		if code(i) == 2 {
+			count++
+		}
 	}
-	if len(value) != size {
-		return nil, fmt.Errorf("a record of %d bytes; its codes for the run's %d names say %d", len(value), len(names), size)
+	if len(value) < fixed {
+		return nil, fmt.Errorf("a record of %d bytes; its codes for the run's %d names say %d before the varints", len(value), len(names), fixed)
+	}
+	var varints []uint64
+	var m uint64
+	shift := 0
+	for _, b := range value[fixed:] {
+		m |= uint64(b&0x7f) << shift
+		shift += 7
+		if b < 0x80 {
+			varints, m, shift = append(varints, m), 0, 0
+		} else if shift == 56 {
+			return nil, errors.New("a varint longer than 8 bytes")
+		}
+	}
+	if shift != 0 || len(varints) != count {
+		return nil, fmt.Errorf("a record with %d whole varints after its fixed-width values; its codes say %d", len(varints), count)
 	}
 	features := make(map[string]float64, len(names))
-	at := head
+	at, next := head, 0
 	for i, name := range names {
 		switch code(i) {
 		case 0:
@@ -65,11 +97,12 @@ func Decode(names []string, value []byte) (map[string]float64, error) {
 		case 1:
 			features[name] = float64(value[at])
 		case 2:
-			features[name] = float64(binary.LittleEndian.Uint32(value[at:]))
+			features[name] = varintValue(varints[next])
+			next++
 		case 3:
 			features[name] = math.Float64frombits(binary.LittleEndian.Uint64(value[at:]))
 		}
-		at += widths[code(i)]
+		at += fixedWidths[code(i)]
 	}
 	return features, nil
 }

@@ -99,10 +99,10 @@ def test_the_go_reader_reads_a_real_run_exactly_as_python(go_reader: Path, piece
 def test_the_go_reader_uses_the_runs_names_and_says_what_is_missing(go_reader: Path, piece: Slice,
                                                                      redis_client: redis.Redis) -> None:
     registry, run_id = piece.registry(redis_client), "0ther5ch"
-    names = ["zeta", "out_count", "alpha"]
+    names = ["zeta", "out_count", "alpha", "beta", "gamma", "delta"]
     registry.create(run_id, {"as_of": 1, "schema": "older", "plan": "0" * 16, "batches": 1, "accounts": 1,
                              **schema_fields(names, ["pair_count"])})
-    values = np.array([[0.1 + 0.2, -0.0, 1e-300]])
+    values = np.array([[0.1 + 0.2, -0.0, 1e-300, 300.0, 1561.23, 7.0]])  # each code, and both kinds of varint
     BatchWriter(redis_client, piece.keys.of_run(run_id)).write(
         BatchFeatures(np.array(["it's:{x}"]), values, np.array(["t1"]), np.array([[4.0]])))
     registry.update(run_id, {"status": RunStatus.VERIFIED})

@@ -1,4 +1,4 @@
-"""The online store against a real Redis: run-scoped layout, tagged-le records read with their own run's
+"""The online store against a real Redis: run-scoped layout, tagged-varint records read with their own run's
 names, exact round trip, idempotent rewrites, checksums, publication, rollback and retention."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def features(seed: int = 5) -> BatchFeatures:
     node_values = rng.normal(size=(len(HOSTILE), len(NODE_FEATURE_NAMES))) * 1e6
     node_values[0, 0] = 0.1 + 0.2  # the shortest repr must still round-trip
     edge_values = rng.random((2, len(EDGE_FEATURE_NAMES)))
-    edge_values[1, :4] = [0.0, 1.0, 300.0, -0.0]  # each code: +0.0, uint8, uint32, float64
+    edge_values[1, :4] = [0.0, 1.0, 300.0, -0.0]  # each code: +0.0, uint8, varint, float64
     return BatchFeatures(np.array(HOSTILE), node_values, np.array(["t1", "t:2"]), edge_values)
 
 
@@ -57,10 +57,10 @@ def run(registry: RunRegistry, run_id: str, batch: BatchFeatures | None = None, 
 def test_layout_and_exact_round_trip(client: redis.Redis) -> None:
     batch, registry = features(), RunRegistry(client, KEYS)
     run(registry, "r1", batch)
-    codes = [0, 1, 2] + [3] * (len(EDGE_FEATURE_NAMES) - 3)
+    codes = [0, 1, 2] + [3] * (len(EDGE_FEATURE_NAMES) - 3)  # the varint (300 << 1) after the fixed widths
     header = bytes(sum(c << 2 * j for j, c in enumerate(codes[i : i + 4])) for i in range(0, len(codes), 4))
     floats = batch.edge_values[1, 3:].tolist()  # no per-record metadata: it is in the manifest
-    assert client.get(f"{PREFIX}:r1:e:t:2") == header + struct.pack(f"<BI{len(floats)}d", 1, 300, *floats)
+    assert client.get(f"{PREFIX}:r1:e:t:2") == header + struct.pack(f"<B{len(floats)}d", 1, *floats) + b"\xd8\x04"
     assert client.get(f"{PREFIX}:r1:n:b:c") == encode_rows(batch.node_values[1:2]).rows()[0]
     reader = FeatureReader(client, KEYS)
     assert np.array_equal(reader.node_matrix(HOSTILE), batch.node_values)
@@ -94,7 +94,7 @@ def test_a_record_is_read_with_its_own_runs_names(client: redis.Redis, tmp_path)
                                                  "b:c,3.0,0.30000000000000004,1e+300"]
 
     registry.create("legacy", {"as_of": 1, "schema": "s0", "plan": "0" * 16, "batches": 0, "accounts": 0})
-    with pytest.raises(RunError, match="run legacy has no tagged-le record schema"):
+    with pytest.raises(RunError, match="run legacy has no tagged-varint record schema"):
         FeatureReader(client, KEYS, "legacy").nodes(["a"])
 
 
@@ -150,8 +150,8 @@ def test_only_a_verified_run_is_published_and_rollback_is_one_write(client: redi
     registry.promote("r1")
     assert reader.nodes(["a"])[0] == FeatureReader(client, KEYS, "r1").nodes(["a"])[0]
     assert reader.nodes(["a"])[0]["out_count"] == features(1).node_values[0, 0]
-    registry.update("r2", {"encoding": "float64-le"})  # as an older fx wrote it
-    with pytest.raises(RunError, match="run r2 has no tagged-le record schema"):
+    registry.update("r2", {"encoding": "tagged-le"})  # as an older fx wrote it
+    with pytest.raises(RunError, match="run r2 has no tagged-varint record schema"):
         registry.promote("r2")  # readers would refuse every record of it
     assert registry.latest() == "r1"
 
