@@ -1,5 +1,5 @@
 """The record layouts side by side in one run: Redis bytes and client CPU per record, hash against
-float64 against tagged.
+float64 against tagged against varint.
 
 ``python -m bench.layout`` (``--sizes 100000,amlsim`` by default) loads each
 graph under a private slice of the shared stack (as ``bench.capacity`` does), computes every record
@@ -12,11 +12,14 @@ other, through the write path of that layout:
   comparison;
 - ``float64``: the second, as its ``BatchWriter`` wrote it (one STRING per record, float64
   little-endian, ``MSET`` of 2,000, the same long keys), kept here too;
-- ``tagged``: today's ``BatchWriter`` (the ``tagged-le`` encoding of :mod:`fx_workers.store.records`,
-  keys ``{run}:n:{id}`` and ``{run}:e:{tx}``).
+- ``tagged``: the third, as its ``BatchWriter`` wrote it (the ``tagged-le`` encoding: 2-bit codes, then
+  each value that is not +0.0 as uint8, uint32 or float64, in order; :func:`encode_tagged_le`), keys
+  ``{run}:n:{id}`` and ``{run}:e:{tx}``, kept here too;
+- ``varint``: today's ``BatchWriter`` (the ``tagged-varint`` encoding of :mod:`fx_workers.store.records`:
+  integers from 256 and two-decimal amounts as varints after the fixed-width values; the same keys).
 
 With ``--cluster``, the same again into a 3-master Redis Cluster of our own (``used_memory`` summed over
-the masters; the float64 and tagged writers send ``SET``s packed per master there, as ``MSET`` needs
+the masters; the float64, tagged and varint writers send ``SET``s packed per master there, as ``MSET`` needs
 one slot).
 
 Per layout: ``used_memory`` per account record and per transfer record (nodes written first, then the
@@ -45,6 +48,7 @@ from bench.run import AMLSIM, RESULTS, clear_prefix, commit, machine
 from fx_workers.config import load_settings
 from fx_workers.engine.batch import BatchFeatures
 from fx_workers.engine.catalogue import EDGE_FEATURE_NAMES, NODE_FEATURE_NAMES
+from fx_workers.store.bulk import EncodedRows
 from fx_workers.store.client import is_cluster, open_redis
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.writer import CHUNK, BatchWriter, Checksum, set_on_cluster
@@ -56,7 +60,7 @@ if TYPE_CHECKING:
 
     from fx_workers.store.keys import RunKeys
 
-LAYOUTS = ("hash", "float64", "tagged")
+LAYOUTS = ("hash", "float64", "tagged", "varint")
 BATCH = 1000
 """Accounts per written batch (the DAG's default batch size)."""
 PREFIX = "fxlayout"
@@ -93,22 +97,62 @@ def write_float64(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -
         matrix, id_list = np.ascontiguousarray(values, dtype="<f8"), ids.tolist()
         blobs = matrix.view(np.dtype((np.void, matrix.shape[1] * 8))).ravel().tolist() if matrix.size else []
         checksum.add_part(id_list, blobs)
-        for start in range(0, len(id_list), CHUNK):
-            names = [key_of(record_id) for record_id in id_list[start : start + CHUNK]]
-            if is_cluster(client):
-                set_on_cluster(client, names, blobs[start : start + CHUNK])
-            else:
-                pairs: list[str | bytes] = [""] * (2 * len(names))
-                pairs[::2], pairs[1::2] = names, blobs[start : start + CHUNK]
-                client.execute_command("MSET", *pairs)
+        set_many(client, key_of, id_list, blobs)
+
+
+def set_many(client: redis.Redis, key_of: Callable[[str], str], ids: list[str], blobs: list[bytes]) -> None:
+    """One STRING per record, as ``BatchWriter`` sends them: an ``MSET`` per chunk, or ``SET``s packed per
+    master on a cluster."""
+    for start in range(0, len(ids), CHUNK):
+        names = [key_of(record_id) for record_id in ids[start : start + CHUNK]]
+        if is_cluster(client):
+            set_on_cluster(client, names, blobs[start : start + CHUNK])
+        else:
+            pairs: list[str | bytes] = [""] * (2 * len(names))
+            pairs[::2], pairs[1::2] = names, blobs[start : start + CHUNK]
+            client.execute_command("MSET", *pairs)
+
+
+_TAGGED_WIDTHS = np.array([0, 1, 4, 8], dtype=np.int64)
+_TAGGED_KEPT = np.array([(1 << 8 * width) - 1 for width in (0, 1, 4, 8)], dtype="<u8")
+
+
+def encode_tagged_le(values: np.ndarray) -> EncodedRows:
+    """The ``tagged-le`` encoding of the third layout, in bulk as its ``encode_rows`` built it: a header of
+    2-bit codes (0: +0.0; 1: uint8; 2: uint32; 3: float64), then each value whose code is not 0, in order."""
+    matrix = np.ascontiguousarray(values, dtype="<f8")
+    rows, width = matrix.shape
+    head = (width + 3) // 4
+    with np.errstate(invalid="ignore"):
+        whole = (matrix == np.floor(matrix)) & ~np.signbit(matrix)
+        narrower = (whole & (matrix < 2**32)).view(np.uint8) + (whole & (matrix < 256)).view(np.uint8)
+    codes = (3 - narrower) * (matrix.view("<u8") != 0).view(np.uint8)
+    padded = np.zeros((rows, 4 * head), dtype=np.uint8)
+    padded[:, :width] = codes
+    header = padded[:, 0::4] | padded[:, 1::4] << 2 | padded[:, 2::4] << 4 | padded[:, 3::4] << 6
+    slots = np.where(codes == 3, matrix.view("<u8"), np.where((codes == 1) | (codes == 2), matrix, 0).astype("<u8"))
+    kept = np.concatenate([np.ones((rows, head), dtype=bool),
+                           _TAGGED_KEPT[codes].view(np.uint8).reshape(rows, 8 * width) != 0], axis=1)
+    data = np.concatenate([header, slots.view(np.uint8).reshape(rows, 8 * width)], axis=1)[kept]
+    return EncodedRows(data.tobytes(), head + _TAGGED_WIDTHS[codes].sum(axis=1))
 
 
 def write_tagged(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
+    """The tagged layout's ``BatchWriter.write``: today's, with the ``tagged-le`` encoding."""
+    checksum = Checksum()
+    for key_of, ids, values in ((keys.node, features.node_ids, features.node_values),
+                                (keys.edge, features.tx_ids, features.edge_values)):
+        id_list, encoded = ids.tolist(), encode_tagged_le(values)
+        checksum.add_encoded(id_list, encoded)
+        set_many(client, key_of, id_list, encoded.rows())
+
+
+def write_varint(client: redis.Redis, keys: RunKeys, features: BatchFeatures) -> None:
     BatchWriter(client, keys).write(features)
 
 
 WRITERS: dict[str, Callable[[redis.Redis, RunKeys, BatchFeatures], None]] = {
-    "hash": write_hash, "float64": write_float64, "tagged": write_tagged}
+    "hash": write_hash, "float64": write_float64, "tagged": write_tagged, "varint": write_varint}
 
 
 def batches(saved: dict[str, np.ndarray], part: str) -> list[BatchFeatures]:
@@ -194,8 +238,9 @@ def table(results: dict[str, Any]) -> str:
     """The Markdown rows of docs/benchmarks.md's layout section: each layout, and the older layouts' bytes
     and CPU over each newer one's."""
     lines = ["| graph | layout | B/account record | B/transfer record | B/account, transfers included | "
-             "client CPU µs/record | hash / this: bytes, CPU | float64 / this: bytes, CPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "client CPU µs/record | hash / this: bytes, CPU | float64 / this: bytes, CPU | "
+             "tagged / this: bytes, CPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for graph in results["graphs"]:
         name = "AMLSim" if graph["name"] == AMLSIM else f"{graph['transactions']:,} generated"
         name += f" ({graph['transfers'] / graph['accounts']:.1f} transfers/account)"
@@ -205,7 +250,7 @@ def table(results: dict[str, Any]) -> str:
             ratios = [f"{by[target, older]['bytes_per_account'] / row['bytes_per_account']:.2f}x, "
                       f"{by[target, older]['client_cpu_us_per_record'] / row['client_cpu_us_per_record']:.2f}x"
                       if LAYOUTS.index(older) < LAYOUTS.index(layout) and (target, older) in by else ""
-                      for older in ("hash", "float64")]
+                      for older in ("hash", "float64", "tagged")]
             where = "" if target == "standalone" else f", {target}"
             lines.append(f"| {name} | {layout}{where} | {row['nodes']['bytes_per_record']:,.0f} | "
                          f"{row['edges']['bytes_per_record']:,.0f} | {row['bytes_per_account']:,.0f} | "
