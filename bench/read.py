@@ -6,16 +6,18 @@ graph and other sessions' runs are untouched) and reads every batch of its plan 
 configured batch size) at two ``as_of``: the data's end (every transfer counts: the counts are degrees,
 read from the degree store) and ``--before`` days earlier (the counts filter every relationship on ts).
 Per part, the wall seconds (the query, the driver's decoding and the numpy columns; the best of
-``--repeats``, parts interleaved) and Neo4j's db hits (``PROFILE``, once):
+``--repeats``, parts interleaved, in reverse order every other pass) and Neo4j's db hits (``PROFILE``, once):
 
 - transfers: before, ``out_edges`` and ``in_edges`` (kept here), one row per account each, so a transfer
   between two batch accounts is read twice; after, ``Cypher.edges``, each transfer once, as columns;
 - counts: before, every counterparty's out and in counts, found again through the batch's transfers, batch
   after batch (kept here); after, the counterparties' counts by id per batch, or every account's once per
   run (``Cypher.account_counts``), which a run's ``WindowCache`` switches to;
-- the ``transfers_after`` check of each batch, unchanged;
+- the ``transfers_after`` check: before, once per batch; after, once per run (a run's cache keeps it);
 - ``read_batch`` itself as a worker runs it, with a run's cache, without the pattern window (unchanged, and
-  read once per run from the cache);
+  read once per run from the cache): with the cache's rent-or-buy rule, which weighs the relationships a
+  filtered count goes through, and with the rule before it (``AccountsRule``, kept here), which counted
+  accounts alone; each with the batch from which it read every account's counts;
 - the floor: every transfer once as columns (``bench.floor.read_columns``).
 
 Prints a Markdown table and writes ``bench/results/read-<time>.json``.
@@ -65,6 +67,18 @@ BEFORE = {
 """The batch read's queries before issue 17, for the comparison."""
 
 
+class AccountsRule(WindowCache):
+    """The run's cache with the rent-or-buy rule before it weighed relationships (kept for the comparison): a
+    counterparty costs one and every account's counts the graph's accounts, whether the counts filter on ts
+    or not."""
+
+    def counts_whole(self, others: int, graph: Callable[[], tuple[int, int]], *, filtered: bool) -> bool:
+        return super().counts_whole(others, graph, filtered=False)
+
+    def rent(self, others: int, degrees: int | None) -> None:
+        super().rent(others, None)
+
+
 def _columns(session: Session, query: str, params: dict[str, Any]) -> None:
     """Run ``query`` and make its list columns numpy arrays, flattened over its rows, as ``read_batch`` does."""
     records = list(session.run(query, params))
@@ -95,14 +109,21 @@ def measure_as_of(driver: Driver, settings: Settings, as_of: int, repeats: int) 
         every = session.run(cypher.transfers_after, as_of=as_of).single() is None
     where = "" if every else " WHERE x.{ts} <= $as_of"
     before = {name: cypher.render(query.replace("{where}", where)) for name, query in BEFORE.items()}
-    cache, inputs = WindowCache(), []
+    inputs: list = []
+    bought: dict[str, int | None] = {}
 
-    def read_batches() -> None:
-        nonlocal cache, inputs
-        cache = WindowCache().bind("bench")  # a new run's, as a worker's: rent or buy from its first batch
-        inputs = [read_batch(driver, cypher, batch, as_of, database, window=False, cache=cache) for batch in batches]
+    def read_batches(rule: type[WindowCache]) -> Callable[[], None]:
+        def call() -> None:
+            nonlocal inputs
+            cache = rule().bind("bench")  # a new run's, as a worker's: rent or buy from its first batch
+            inputs, bought[rule.__name__] = [], None
+            for at, batch in enumerate(batches):
+                inputs.append(read_batch(driver, cypher, batch, as_of, database, window=False, cache=cache))
+                if cache.counts is not None and bought[rule.__name__] is None:
+                    bought[rule.__name__] = at
+        return call
 
-    read_batches()
+    read_batches(WindowCache)()
     per_batch = [{"ids": batch, "as_of": as_of, "others": read.neighbour_ids.tolist()}
                  for batch, read in zip(batches, inputs, strict=True)]
     run = [{"as_of": as_of}]
@@ -113,13 +134,15 @@ def measure_as_of(driver: Driver, settings: Settings, as_of: int, repeats: int) 
         "counts, after (per batch)": ([(cypher.neighbour_counts(every_transfer_counts=every), per_batch)], None),
         "counts, after (per run)": ([(cypher.account_counts(every_transfer_counts=every), run)], None),
         "as_of check (per batch)": ([(cypher.transfers_after, per_batch)], None),
-        "read_batch, after (a run's cache, no window)": ([], read_batches),
+        "as_of check (per run)": ([(cypher.transfers_after, run)], None),
+        "read_batch, accounts rule (a run's cache, no window)": ([], read_batches(AccountsRule)),
+        "read_batch, after (a run's cache, no window)": ([], read_batches(WindowCache)),
         "floor: every transfer once as columns": ([(cypher.render(TRANSFER_COLUMNS), run)], None),
     }
     seconds: dict[str, list[float]] = {name: [] for name in parts}
     with driver.session(database=database) as session:
-        for _ in range(repeats):
-            for name, (queries, call) in parts.items():
+        for repeat in range(repeats):  # in reverse every other pass: no part always follows the same one
+            for name, (queries, call) in (reversed if repeat % 2 else iter)(list(parts.items())):
                 started = time.perf_counter()
                 if call is not None:
                     call()
@@ -129,10 +152,11 @@ def measure_as_of(driver: Driver, settings: Settings, as_of: int, repeats: int) 
                 seconds[name].append(time.perf_counter() - started)
         hits = {name: sum(_profile(session, query, params) for query, params in queries)
                 for name, (queries, call) in parts.items() if call is None}
-    print(f"as_of {as_of}: " + "; ".join(f"{name} {min(s):.2f} s" for name, s in seconds.items()), file=sys.stderr)
+    print(f"as_of {as_of}: " + "; ".join(f"{name} {min(s):.2f} s" for name, s in seconds.items())
+          + f"; every account's counts read from batch {bought}", file=sys.stderr)
     return {"as_of": as_of, "every_transfer_counts": every, "batches": len(batches), "accounts": len(ids),
             "counterparties": sum(len(read.neighbour_ids) for read in inputs),
-            "whole_counts_read": cache.counts is not None,
+            "whole_counts_from_batch": {"after": bought["WindowCache"], "accounts rule": bought["AccountsRule"]},
             "parts": {name: {"seconds": min(s), "runs": s, "db_hits": hits.get(name)} for name, s in seconds.items()}}
 
 
@@ -153,8 +177,9 @@ def table(results: dict[str, Any]) -> str:
             floor = at["parts"]["floor: every transfer once as columns"]["seconds"]
             when = "end (degrees)" if at["every_transfer_counts"] else "earlier (counts filtered on ts)"
             rows = {name: (part["seconds"], part["db_hits"]) for name, part in at["parts"].items()}
+            checks = {"before": "as_of check (per batch)", "after": "as_of check (per run)"}
             for side, counts in (("before", "counts, before (per batch)"), ("after", "counts, after (per run)")):
-                parts = [rows[f"transfers, {side}"], rows[counts], rows["as_of check (per batch)"]]
+                parts = [rows[f"transfers, {side}"], rows[counts], rows.get(checks[side], rows[checks["before"]])]
                 rows[f"{side} in all: transfers, counts {counts.removeprefix(f'counts, {side} ')}, check"] = (
                     sum(p[0] for p in parts), sum(p[1] for p in parts))
             for name, (seconds, hits) in rows.items():
