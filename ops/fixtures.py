@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from fx_workers.config import REPO_ROOT, load_settings
 from fx_workers.store.keys import RedisKeys
 from fx_workers.store.runs import RunRegistry
+from fx_workers.tools.load import delete_graph
 from ops.process import Layout, stop
 from ops.redis_cluster import redis_cluster_services
 from ops.stack import up
@@ -131,7 +132,7 @@ class Slice:
         admin.delete_topics([topics.requests, topics.results, topics.dead_letter])
         graph = self.settings.graph
         database = self.settings.neo4j.database
-        driver.execute_query(f"MATCH (a:{graph.account_label}) DETACH DELETE a", database_=database)
+        delete_graph(driver, self.settings)
         for name in (f"{graph.account_label}_{graph.id_property}_unique",
                      f"{graph.transfer_type}_{graph.tx_id_property}_unique"):
             driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS", database_=database)

@@ -136,6 +136,15 @@ def ensure_schema(driver: Driver, settings: Settings) -> None:
         driver.execute_query(cypher.render(query), database_=settings.neo4j.database)
 
 
+def delete_graph(driver: Driver, settings: Settings) -> None:
+    """Delete every transfer and account of the configured labels, :data:`BATCH_SIZE` at a time: one
+    transaction for a whole large graph would outgrow Neo4j's transaction memory."""
+    cypher = Cypher(settings.graph)
+    with driver.session(database=settings.neo4j.database) as session:
+        for query in DELETE_GRAPH:  # CALL ... IN TRANSACTIONS needs an auto-commit transaction
+            session.run(cypher.render(query), batch=BATCH_SIZE).consume()
+
+
 def load_csv(
     path: Path,
     settings: Settings,
@@ -162,9 +171,8 @@ def load_csv(
     database = settings.neo4j.database
     with open_driver(settings.neo4j) as driver:
         if replace:
-            with progress("deleting the old graph", None), driver.session(database=database) as session:
-                for query in DELETE_GRAPH:  # CALL ... IN TRANSACTIONS needs an auto-commit transaction
-                    session.run(cypher.render(query), batch=BATCH_SIZE).consume()
+            with progress("deleting the old graph", None):
+                delete_graph(driver, settings)
         ensure_schema(driver, settings)
         _write_batches(driver, database, cypher.render(MERGE_ACCOUNTS), accounts, "accounts", progress)
         _write_batches(
