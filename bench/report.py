@@ -32,7 +32,9 @@ MODE_DOCS = {
                      "writing their batches into Redis; `make_plan` + `request_messages` published, signals "
                      "counted from their headers as the DAG's trigger does, then `aggregate_run`, `verify_run` "
                      "and `conclude`; timed from the plan to the run verified and live, without Airflow. "
-                     "`worker ... (sum)` phases add up the workers' own timings from their signals (they overlap)",
+                     "`worker ... (sum)` phases add up the workers' own timings from their signals (they overlap): "
+                     "`worker extract` is the reads' own time, `worker extract_wait` how long the loops waited "
+                     "for them (a read done ahead, while the batch before was written, is not waited for)",
     "dag": "a whole `fx_extract` run through the stack's Airflow (its scheduler, triggerer and 2 workers, "
            "default config), timed from the trigger (the run's `queued_at`) to its `end_date`; phases are "
            "each task's share from its upstream's end to its own end (see the table by task); Redis bytes are "
