@@ -26,12 +26,16 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput
 from fx_workers.engine.features import FLOW
 from fx_workers.engine.spec import FeatureGroup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 WEEK = 7 * 86400
 CHUNK_ROWS = 1 << 20
@@ -57,6 +61,60 @@ def _chunks(sizes: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a] or [slice(0, 0)]
 
 
+def _starts(values: np.ndarray, ncodes: int) -> np.ndarray:
+    """For ascending account codes ``values``: each code's first position, and ``len(values)`` last."""
+    return np.concatenate(([0], np.cumsum(np.bincount(values, minlength=ncodes))))
+
+
+def _sort_stamped(key: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` and ``t`` (non-negative integers) sorted by key, then t: one sort of ``key << bits | t``
+    where that fits 63 bits, else a lexsort."""
+    if not len(key):
+        return key, t
+    bits = int(t.max()).bit_length()
+    if int(key.max()) >> (63 - bits):
+        order = np.lexsort((t, key))
+        return key[order], t[order]
+    stamp = np.sort((key << bits) | t)
+    return stamp >> bits, stamp & ((1 << bits) - 1)
+
+
+def _code(ids: np.ndarray) -> tuple[int, np.ndarray]:
+    """Account ids as integer codes in id order: (how many distinct ids, each one's code).
+
+    Ids of at most 8 characters below U+0100 (as the generated and AMLSim ids are) are first packed into one
+    big-endian uint64 each, which sorts as the string does, so the codes are :func:`np.unique`'s on the strings
+    at the cost of an integer sort."""
+    if ids.dtype.kind == "U" and len(ids) and ids.dtype.itemsize <= 32:
+        chars = ids.view(np.uint32).reshape(len(ids), -1)
+        if int(chars.max()) < 256:
+            packed = np.zeros((len(ids), 8), dtype=np.uint8)
+            packed[:, :chars.shape[1]] = chars
+            ids = packed.view(">u8").ravel()
+    codes, inverse = np.unique(ids, return_inverse=True)
+    return len(codes), inverse.astype(np.int64)
+
+
+def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ascending ``key``: where each run of equal values starts, and its length."""
+    first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else np.zeros(0, np.int64)
+    return first, np.diff(np.append(first, len(key)))
+
+
+def _lookup(keys: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ascending distinct ``keys``: each wanted key's position in them, and whether it is there."""
+    if not len(keys):
+        return np.zeros(len(want), dtype=np.int64), np.zeros(len(want), dtype=bool)
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    return at, keys[at] == want
+
+
+def _falls_once(ts: list[np.ndarray]) -> np.ndarray:
+    """For ts around cycles (one array per position): whether they fall (do not rise) exactly once around."""
+    k = len(ts)
+    return sum((ts[i] >= ts[(i + 1) % k]).astype(np.int64) for i in range(k)) == 1
+
+
 @dataclass(frozen=True)
 class WindowGraph:
     """G_W as distinct edges (sorted by source, then target) with each edge's transfers' ts, sorted.
@@ -76,26 +134,34 @@ class WindowGraph:
     @classmethod
     def of(cls, payer: np.ndarray, payee: np.ndarray, ts: np.ndarray, since: int, ncodes: int) -> WindowGraph:
         keep = (ts > since) & (payer != payee)
-        payer, payee, ts = payer[keep], payee[keep], ts[keep]
-        key = payer * ncodes + payee
-        order = np.lexsort((ts, key))
-        key, ts = key[order], ts[order]
-        edges, first, count = np.unique(key, return_index=True, return_counts=True)
+        key, ts = _sort_stamped(payer[keep] * ncodes + payee[keep], ts[keep] - since)
+        return cls._grouped(key, ts + since, since, ncodes)
+
+    @classmethod
+    def _grouped(cls, key: np.ndarray, ts: np.ndarray, since: int, ncodes: int) -> WindowGraph:
+        """The graph of transfers already sorted by (key, ts)."""
+        first, count = _runs(key)
+        edges = key[first]
         return cls(ncodes, edges, edges // ncodes, edges % ncodes, first, count, ts, since)
+
+    def after(self, since: int) -> WindowGraph:
+        """The subgraph of the transfers with ``ts > since`` (a later start: G_7d from G_30d)."""
+        keep = self.ts > since
+        return self._grouped(np.repeat(self.keys, self.count)[keep], self.ts[keep], since, self.ncodes)
 
     @cached_property
     def out_start(self) -> np.ndarray:
         """Account code → index of its first out-edge (edges are sorted by source)."""
-        return np.searchsorted(self.src, np.arange(self.ncodes + 1))
+        return _starts(self.src, self.ncodes)
 
     @cached_property
     def in_order(self) -> np.ndarray:
         """Edge indices sorted by target, then source."""
-        return np.lexsort((self.src, self.dst))
+        return np.argsort(self.dst * self.ncodes + self.src)  # distinct keys: any sort gives this order
 
     @cached_property
     def in_start(self) -> np.ndarray:
-        return np.searchsorted(self.dst[self.in_order], np.arange(self.ncodes + 1))
+        return _starts(self.dst[self.in_order], self.ncodes)
 
     def out_edges(self, accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``accounts``, edge index) for every out-edge of each account."""
@@ -116,11 +182,8 @@ class WindowGraph:
 
     def find(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """The edge index of each ``src → dst``, or -1 where there is none."""
-        want = src * self.ncodes + dst
-        if not len(self.keys):
-            return np.full(len(want), -1)
-        at = np.minimum(np.searchsorted(self.keys, want), len(self.keys) - 1)
-        return np.where(self.keys[at] == want, at, -1)
+        at, there = _lookup(self.keys, src * self.ncodes + dst)
+        return np.where(there, at, -1)
 
     @cached_property
     def _stamps(self) -> np.ndarray:
@@ -128,17 +191,28 @@ class WindowGraph:
         edge = np.repeat(np.arange(len(self.count)), self.count)
         return (edge << 32) | (self.ts - self.since)
 
+    @cached_property
+    def _first_ts(self) -> np.ndarray:
+        return self.ts[self.first]
+
+    @cached_property
+    def _last_ts(self) -> np.ndarray:
+        return self.ts[self.first + self.count - 1]
+
     def first_ts(self, edges: np.ndarray) -> np.ndarray:
-        return self.ts[self.first[edges]]
+        return self._first_ts[edges]
 
     def last_ts(self, edges: np.ndarray) -> np.ndarray:
-        return self.ts[self.first[edges] + self.count[edges] - 1]
+        return self._last_ts[edges]
 
     def next_ts(self, edges: np.ndarray, after: np.ndarray) -> np.ndarray:
         """The earliest ts of each edge strictly after ``after`` (:data:`NEVER` where there is none)."""
-        first = self.first_ts(edges)
+        return self._next_ts(edges, self.first_ts(edges), self.last_ts(edges), after)
+
+    def _next_ts(self, edges: np.ndarray, first: np.ndarray, last: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """:meth:`next_ts` given the edges' first and last ts."""
         out = np.where(first > after, first, NEVER)
-        many = (self.count[edges] > 1) & (first <= after) & (after < self.last_ts(edges))
+        many = (first <= after) & (after < last)  # so the edge has several transfers
         if many.any():  # the next ts is inside the edge's list: one search in the (edge, ts) order
             e = edges[many]
             at = np.searchsorted(self._stamps, (e << 32) | (after[many] - self.since), side="right")
@@ -149,20 +223,31 @@ class WindowGraph:
         """For cycles given as their edges in order (one array per position): can transfers be picked
         one per edge, in cycle order from some starting edge, with strictly increasing ts?
 
-        With one transfer per edge that holds exactly when the ts fall only once around the cycle; cycles
-        with parallel transfers try each starting edge, taking on every next edge its earliest ts after
-        the previous one (the earliest choice never hurts later edges)."""
+        With one transfer per edge that holds exactly when the ts fall only once around the cycle; so does it
+        when each edge's earliest ts, or each edge's latest, fall only once. The other cycles with parallel
+        transfers try each starting edge, taking on every next edge its earliest ts after the previous one
+        (the earliest choice never hurts later edges)."""
         k = len(cycle)
         first = [self.first_ts(edges) for edges in cycle]
-        falls = sum((first[i] >= first[(i + 1) % k]).astype(np.int64) for i in range(k))
-        single = np.logical_and.reduce([self.count[edges] == 1 for edges in cycle])
-        ok = single & (falls == 1)
+        ok = _falls_once(first)
+        several = np.flatnonzero(~ok)
+        edges = [e[several] for e in cycle]
+        last = [self.last_ts(e) for e in edges]
+        todo = ~_falls_once(last)
+        ok[several[~todo]] = True
+        todo &= ~np.logical_and.reduce([f[several] == t for f, t in zip(first, last, strict=True)])  # single
+        several, edges, last = several[todo], [e[todo] for e in edges], [t[todo] for t in last]
+        first = [f[several] for f in first]
+        found = np.zeros(len(several), dtype=bool)
         for start in range(k):
-            todo = np.flatnonzero(~ok & ~single)
-            t = first[start][todo]
-            for step in range(1, k):
-                t = self.next_ts(cycle[(start + step) % k][todo], t)
-            ok[todo] = t != NEVER
+            rows = np.flatnonzero(~found)
+            t = first[start][rows]
+            for step in range(1, k):  # the cycles still possible from this start, fewer at each step
+                i = (start + step) % k
+                t = self._next_ts(edges[i][rows], first[i][rows], last[i][rows], t)
+                rows, t = rows[t != NEVER], t[t != NEVER]
+            found[rows] = True
+        ok[several[found]] = True
         return ok
 
 
@@ -172,24 +257,21 @@ class PatternContext:
     def __init__(self, batch: BatchInput) -> None:
         window = batch.window
         self.n, self.as_of = len(batch.ids), batch.as_of
-        codes, inverse = np.unique(np.concatenate([batch.ids, window.payer, window.payee]), return_inverse=True)
-        self.ncodes = max(len(codes), 1)
-        self.accounts, payer, payee = np.split(inverse.astype(np.int64), np.cumsum([self.n, len(window)]))
+        ncodes, inverse = _code(np.concatenate([batch.ids, window.payer, window.payee]))
+        self.ncodes = max(ncodes, 1)
+        self.accounts, payer, payee = np.split(inverse, np.cumsum([self.n, len(window)]))
         self.payer, self.payee, self.ts = payer, payee, window.ts.astype(np.int64)
         self.g30 = WindowGraph.of(payer, payee, self.ts, batch.as_of - PATTERN_WINDOW, self.ncodes)
-        self.g7 = WindowGraph.of(payer, payee, self.ts, batch.as_of - WEEK, self.ncodes)
+        self.g7 = self.g30.after(batch.as_of - WEEK)
 
     def fan(self, window: int, payers: bool) -> np.ndarray:
-        """Per account code, its distinct payees (or payers) in the window, itself included."""
-        key = self._pairs[window]
-        side = key % self.ncodes if payers else key // self.ncodes
-        return np.bincount(side, minlength=self.ncodes).astype(np.float64)
-
-    @cached_property
-    def _pairs(self) -> dict[int, np.ndarray]:
-        """Per window, the distinct (payer, payee) keys of its transfers."""
-        return {window: np.unique(self.payer[recent] * self.ncodes + self.payee[recent])
-                for window in (WEEK, PATTERN_WINDOW) for recent in [self.ts > self.as_of - window]}
+        """Per account code, its distinct payees (or payers) in the window, itself included: its edges in
+        G_W (distinct, never to itself) plus one if it has a self-transfer in the window."""
+        g = self.g7 if window == WEEK else self.g30
+        degree = np.diff(g.in_start) if payers else np.diff(g.out_start)
+        itself = np.zeros(self.ncodes, dtype=np.int64)
+        itself[self.payer[(self.payer == self.payee) & (self.ts > self.as_of - window)]] = 1
+        return (degree + itself).astype(np.float64)
 
     def max_over(self, edges: tuple[np.ndarray, np.ndarray], value: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Per batch account, the max of ``value`` over the far ends of its G_30d edges (0 if none)."""
@@ -202,18 +284,16 @@ class PatternContext:
     def cycles(self) -> tuple[np.ndarray, np.ndarray]:
         """Per batch account: simple cycles of length 2 to 4 through it in G_30d, and the time-respecting ones."""
         g, v = self.g30, self.accounts
-        found: list[tuple[np.ndarray, list[np.ndarray]]] = []
         row, e1 = g.out_edges(v)  # length 2: v → a → v
         back = g.find(g.dst[e1], v[row])
         closed = back >= 0
-        found.append((row[closed], [e1[closed], back[closed]]))
         in_row, e4 = g.in_edges(v)
         paths = (np.bincount(row, weights=g.out_degree(g.dst[e1]), minlength=self.n)
                  + np.bincount(in_row, weights=g.in_degree(g.src[e4]), minlength=self.n))
-        for part in _chunks(paths.astype(np.int64)):  # lengths 3 and 4, in chunks of bounded 2-paths
-            found += self._cycles_3_4(np.arange(self.n)[part])
+        longer = (self._cycles_3_4(np.arange(self.n)[part]) for part in _chunks(paths.astype(np.int64)))
         total, temporal = np.zeros(self.n), np.zeros(self.n)
-        for rows, cycle in found:
+        # lengths 3 and 4 in chunks of bounded 2-paths, each counted before the next is found
+        for rows, cycle in itertools.chain([(row[closed], [e1[closed], back[closed]])], *longer):
             total += np.bincount(rows, minlength=self.n)
             if len(rows):
                 temporal += np.bincount(rows[g.time_respecting(cycle)], minlength=self.n)
@@ -230,34 +310,33 @@ class PatternContext:
         r2, e2 = g.in_edges(g.src[e1])
         return rows[r[r2]], e1[r2], e2
 
-    def _cycles_3_4(self, rows: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    def _cycles_3_4(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """The 3- and 4-cycles through the batch ``rows``: (row, the cycle's edges in order from v)."""
         g, codes = self.g30, self.accounts
         f_row, e1, e2 = self._two_paths(rows, forward=True)  # v → a → b
         b = g.dst[e2]
         keep = b != codes[f_row]
         f_row, e1, e2, b = f_row[keep], e1[keep], e2[keep], b[keep]
-        # length 3: v → a → b → v
-        e3 = g.find(b, codes[f_row])
-        closed = e3 >= 0
-        found = [(f_row[closed], [e1[closed], e2[closed], e3[closed]])]
+        f_key = f_row * self.ncodes + b
+        # length 3: v → a → b → v, b among v's payers (in-edges by row, then payer: their keys ascend)
+        i_row, i_edge = g.in_edges(codes[rows])
+        at, closed = _lookup(rows[i_row] * self.ncodes + g.src[i_edge], f_key)
+        yield f_row[closed], [e1[closed], e2[closed], i_edge[at[closed]]]
         # length 4: v → a → b → c → v, joining v → a → b with b → c → v on (v, b)
         k_row, e4, e3 = self._two_paths(rows, forward=False)  # e4 = c → v, e3 = b → c
         kb = g.src[e3]
         keep = kb != codes[k_row]
-        k_row, e4, e3, kb = k_row[keep], e4[keep], e3[keep], kb[keep]
-        k_key = k_row * self.ncodes + kb
-        order = np.argsort(k_key, kind="stable")
-        k_key, e4, e3 = k_key[order], e4[order], e3[order]
-        f_key = f_row * self.ncodes + b
-        lo, hi = np.searchsorted(k_key, f_key, side="left"), np.searchsorted(k_key, f_key, side="right")
-        for part in _chunks(hi - lo):
-            f, k = _expand(lo[part], (hi - lo)[part])
+        k_key, order = _sort_stamped(k_row[keep] * self.ncodes + kb[keep], np.flatnonzero(keep))
+        e4, e3 = e4[order], e3[order]
+        first, size = _runs(k_key)
+        at, joined = _lookup(k_key[first], f_key)
+        lo, size = np.append(first, 0)[at], np.where(joined, np.append(size, 0)[at], 0)  # 0 stands in for none
+        for part in _chunks(size):
+            f, k = _expand(lo[part], size[part])
             f += part.start
             simple = g.dst[e1[f]] != g.src[e4[k]]  # a != c
             f, k = f[simple], k[simple]
-            found.append((f_row[f], [e1[f], e2[f], e3[k], e4[k]]))
-        return found
+            yield f_row[f], [e1[f], e2[f], e3[k], e4[k]]
 
     @cached_property
     def scatter_gather(self) -> np.ndarray:
