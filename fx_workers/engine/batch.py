@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 PATTERN_WINDOW = 30 * 86400
 """The longest window of the pattern features (30 days, in seconds): what the batch read fetches."""
+
+
+def packed_ids(ids: np.ndarray) -> np.ndarray | None:
+    """Each id as one uint64 that orders as the string does, when every id has at most 8 characters below
+    U+0100 (as generated and AMLSim ids have); else None. Sorting and lookups then cost an integer's.
+
+    The characters are packed big-endian, zero-padded as numpy pads its strings, so two ids get equal
+    numbers exactly when they are equal, whatever their arrays' widths."""
+    if ids.dtype.kind != "U" or ids.dtype.itemsize > 32:
+        return None
+    chars = np.ascontiguousarray(ids).view(np.uint32).reshape(len(ids), ids.dtype.itemsize // 4)
+    if chars.size and int(chars.max()) > 255:
+        return None
+    packed = np.zeros((len(ids), 8), dtype=np.uint8)
+    packed[:, :chars.shape[1]] = chars
+    return packed.view(">u8").ravel().astype(np.uint64)
+
+
+def _among(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is one of ``wanted`` (ascending, distinct)."""
+    if not len(wanted):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(wanted, values), len(wanted) - 1)
+    return wanted[at] == values
 
 
 @dataclass(frozen=True)
@@ -42,10 +67,25 @@ class Transfers:
     def nbytes(self) -> int:
         return self.payer.nbytes + self.payee.nbytes + self.ts.nbytes
 
+    @cached_property
+    def packed(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The payers and payees as :func:`packed_ids`, when both pack: kept (16 bytes a transfer), as a run's
+        window is asked for each batch's ball."""
+        payer, payee = packed_ids(self.payer), packed_ids(self.payee)
+        return None if payer is None or payee is None else (payer, payee)
+
     def touching(self, accounts: np.ndarray) -> Transfers:
         """The transfers whose payer or payee is one of ``accounts``."""
-        keep = np.isin(self.payer, accounts) | np.isin(self.payee, accounts)
-        return Transfers(self.payer[keep], self.payee[keep], self.ts[keep])
+        wanted = packed_ids(accounts)
+        if self.packed is None or wanted is None:
+            keep = np.isin(self.payer, accounts) | np.isin(self.payee, accounts)
+        else:
+            wanted = np.unique(wanted)
+            keep = _among(self.packed[0], wanted) | _among(self.packed[1], wanted)
+        near = Transfers(self.payer[keep], self.payee[keep], self.ts[keep])
+        if self.packed is not None:  # the pattern engine codes the ball's ids from these
+            object.__setattr__(near, "packed", (self.packed[0][keep], self.packed[1][keep]))
+        return near
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, packed_ids
 from fx_workers.engine.features import FLOW
 from fx_workers.engine.spec import FeatureGroup
 
@@ -79,18 +79,15 @@ def _sort_stamped(key: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return stamp >> bits, stamp & ((1 << bits) - 1)
 
 
-def _code(ids: np.ndarray) -> tuple[int, np.ndarray]:
-    """Account ids as integer codes in id order: (how many distinct ids, each one's code).
-
-    Ids of at most 8 characters below U+0100 (as the generated and AMLSim ids are) are first packed into one
-    big-endian uint64 each, which sorts as the string does, so the codes are :func:`np.unique`'s on the strings
-    at the cost of an integer sort."""
-    if ids.dtype.kind == "U" and len(ids) and ids.dtype.itemsize <= 32:
-        chars = ids.view(np.uint32).reshape(len(ids), -1)
-        if int(chars.max()) < 256:
-            packed = np.zeros((len(ids), 8), dtype=np.uint8)
-            packed[:, :chars.shape[1]] = chars
-            ids = packed.view(">u8").ravel()
+def _code(batch: BatchInput) -> tuple[int, np.ndarray]:
+    """Every id of the batch and its ball (its accounts, then the payers, then the payees) as integer codes
+    in id order: (how many distinct ids, each one's code). Sorted as integers when the ids pack
+    (:func:`~fx_workers.engine.batch.packed_ids`: the same codes, at an integer sort's cost)."""
+    own, window = packed_ids(batch.ids), batch.window.packed
+    if own is None or window is None:
+        ids = np.concatenate([batch.ids, batch.window.payer, batch.window.payee])
+    else:
+        ids = np.concatenate([own, *window])
     codes, inverse = np.unique(ids, return_inverse=True)
     return len(codes), inverse.astype(np.int64)
 
@@ -257,7 +254,7 @@ class PatternContext:
     def __init__(self, batch: BatchInput) -> None:
         window = batch.window
         self.n, self.as_of = len(batch.ids), batch.as_of
-        ncodes, inverse = _code(np.concatenate([batch.ids, window.payer, window.payee]))
+        ncodes, inverse = _code(batch)
         self.ncodes = max(ncodes, 1)
         self.accounts, payer, payee = np.split(inverse, np.cumsum([self.n, len(window)]))
         self.payer, self.payee, self.ts = payer, payee, window.ts.astype(np.int64)

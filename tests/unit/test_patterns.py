@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fx_workers.engine import patterns
-from fx_workers.engine.batch import PATTERN_WINDOW
+from fx_workers.engine.batch import PATTERN_WINDOW, Transfers, packed_ids
 from fx_workers.engine.catalogue import NODE_FEATURE_NAMES, compute_features
 from fx_workers.engine.patterns import PATTERNS
 from tests.graphs import AS_OF, batch_input
@@ -140,6 +140,47 @@ def test_hostile_ids() -> None:
     assert found["it's"]["temporal_cycles_30d"] == 1
 
 
+def test_ids_that_do_not_pack_into_an_integer_give_the_same_features() -> None:
+    # ids of more than 8 characters, or with one above U+00FF, are coded as strings (the other path)
+    rows = []
+    for prefix in ["", "account-", "€"]:
+        v, a, b, c, w = (f"{prefix}{v}" for v in "vabcw")
+        transfers = (chain([v, a, b, c], [AS_OF - 40, AS_OF - 30, AS_OF - 20, AS_OF - 10])
+                     + chain([v, w, a], [AS_OF - 5, AS_OF - 9, AS_OF - 50], "x") + chain([v, c], [AS_OF - 3] * 2, "y"))
+        found = check(transfers, [v, a, b, c, w])
+        rows.append([found[u] for u in (v, a, b, c, w)])
+    assert rows[0][0]["cycles_30d"] == 4 and rows[0] == rows[1] == rows[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=10), min_size=1, max_size=8), st.lists(st.text(max_size=10), max_size=8))
+def test_packed_ids_order_and_match_as_the_strings_do(left: list[str], right: list[str]) -> None:
+    ids, other = np.array(left, dtype=np.str_), np.array(right, dtype=np.str_)
+    packed, packed_other = packed_ids(ids), packed_ids(other)
+    if packed is None or packed_other is None:  # too long, or a character above U+00FF: strings are used
+        assert any(len(s) > 8 or max(s, default="a") > "\xff" for s in [*ids, *other])
+        return
+    assert packed.dtype == np.uint64
+    assert np.array_equal(np.argsort(packed, kind="stable"), np.argsort(ids, kind="stable"))
+    assert np.array_equal(packed[:, None] == packed_other[None, :], ids[:, None] == other[None, :])
+
+
+@pytest.mark.parametrize("accounts", [["b"], ["a", "zz"], [], ["account-long-id"], ["€"]])
+def test_a_balls_transfers_are_the_windows_that_touch_its_accounts(accounts: list[str]) -> None:
+    window = Transfers(np.array(["a", "b", "€", "c"]), np.array(["b", "c", "a", "account-long-id"]),
+                       np.array([1, 2, 3, 4]))
+    near = window.touching(np.array(accounts, dtype=np.str_))
+    keep = np.isin(window.payer, accounts) | np.isin(window.payee, accounts)
+    assert (near.payer.tolist(), near.payee.tolist(), near.ts.tolist()) == (
+        window.payer[keep].tolist(), window.payee[keep].tolist(), window.ts[keep].tolist())
+    packable = Transfers(np.array(["a", "b", "c"]), np.array(["b", "c", "a"]), np.array([1, 2, 3]))
+    near = packable.touching(np.array(accounts, dtype=np.str_))
+    keep = np.isin(packable.payer, accounts) | np.isin(packable.payee, accounts)
+    assert near.payer.tolist() == packable.payer[keep].tolist()
+    fresh = Transfers(near.payer, near.payee, near.ts)  # what the ball carries is what it would pack to
+    assert all(np.array_equal(x, y) for x, y in zip(near.packed, fresh.packed, strict=True))
+
+
 DENSE = st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from("abcdef"),
                            st.one_of(st.sampled_from([AS_OF - WEEK, AS_OF - WEEK + 1, AS_OF, AS_OF + 1, AS_OF - 5]),
                                      st.integers(AS_OF - 9 * 86400, AS_OF))), max_size=45)
@@ -164,7 +205,6 @@ def test_empty_window() -> None:
 
 
 def test_the_window_cache_holds_one_run_and_nothing_too_large() -> None:
-    from fx_workers.engine.batch import Transfers
     from fx_workers.engine.graph import WindowCache
 
     window = Transfers(np.array(["a", "b"]), np.array(["b", "c"]), np.array([1, 2]))
