@@ -225,3 +225,13 @@ def test_time_from_an_inflow_to_the_next_outflow() -> None:
     found = check(transfers, ["v", "b"])["v"]
     assert (found["in_to_out_min_30d"], found["in_to_out_mean_30d"]) == (5.0, 5.0)  # i2 has no outflow after it
     assert found["in_followed_share_30d"] == 0.5
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**62), st.integers(0, 2**40)), max_size=30), st.booleans())
+def test_sorting_by_key_then_ts_packs_both_into_one_number_only_when_they_fit(rows, small: bool) -> None:
+    key = np.array([k >> 40 if small else k for k, _ in rows], dtype=np.int64)
+    t = np.array([t >> 20 if small else t for _, t in rows], dtype=np.int64)
+    order = np.lexsort((t, key))
+    found = patterns._sort_stamped(key, t)
+    assert np.array_equal(found[0], key[order]) and np.array_equal(found[1], t[order])
