@@ -111,6 +111,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         # A trigger that fires within seconds of deferral otherwise can fail the resumed task.
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+        # An idle scheduler loop sleeps this long (default 1 s) before it sees a task's end and queues the
+        # next, which a run of five chained tasks pays about five times: five trivial chained tasks took
+        # 5.8-6.9 s trigger to end with 1 s and 3.1-5.0 s with 0.2 s, for 10% of a core idle instead of 3%.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(settings.airflow.api_port),
         "AIRFLOW__API__BASE_URL": api_url(settings),

@@ -228,6 +228,7 @@ def test_airflow_gets_redis_credentials_a_long_jwt_secret_and_no_log_servers(
     connection = json.loads(variables["AIRFLOW_CONN_FX_REDIS"])
     assert (connection["login"], connection["password"]) == ("fx", settings.redis.secret())
     assert len(variables["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= JWT_SECRET_BYTES
+    assert float(variables["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]) < 1  # see ops.airflow: runs wait on it
     assert airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"] == variables["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert variables["PYTHONWARNINGS"].split(",") == ["ignore:Could not import graphviz:UserWarning",
                                                       "ignore:GitWildMatchPattern:DeprecationWarning"]
