@@ -171,8 +171,8 @@ class WindowCache:
     """One run's reads, kept between that run's batches in one process (a worker, a local run, a
     verification): its whole pattern window (the ts index read once per run instead of a ball per batch)
     and every account's out and in counts (read once instead of each batch's counterparties' again, which
-    count a popular account in nearly every batch), and whether a transfer is after its ``as_of`` (asked
-    once instead of per batch). It holds one run at most (:meth:`bind` drops another run's), and neither a
+    count a popular account in nearly every batch), and that a transfer is after its ``as_of`` (once
+    known, instead of asked per batch). It holds one run at most (:meth:`bind` drops another run's), and neither a
     window nor counts over ``max_rows`` rows or ``max_bytes``.
 
     Whether to read every account's counts is a rent-or-buy rule on what each read touches, in accounts
@@ -202,11 +202,13 @@ class WindowCache:
         return self
 
     def transfers_after(self, as_of: int, ask: Callable[[], bool]) -> bool:
-        """Whether some transfer is after ``as_of``: asked once per run (its ``as_of`` is fixed), not per batch.
+        """Whether some transfer is after ``as_of``. A yes is kept for the run (its ``as_of`` is fixed, and
+        adding transfers cannot undo it); a no is asked again by each batch, since transfers may still be
+        arriving, and a batch that took it on trust would count one after ``as_of`` in its degrees.
 
-        :param ask: asks the graph
+        :param ask: asks the graph (an index seek)
         """
-        if self.after is None or self.after[0] != as_of:
+        if self.after != (as_of, True):
             self.after = as_of, ask()
         return self.after[1]
 

@@ -69,3 +69,17 @@ def test_whether_transfers_are_after_as_of_is_asked_once_per_run() -> None:
     assert cache.bind("r1").transfers_after(100, ask) and len(asked) == 1  # the same run: not again
     assert cache.bind("r2").transfers_after(100, ask) and len(asked) == 2  # another run asks again
     assert cache.transfers_after(50, ask) and len(asked) == 3  # another as_of (not a run's) is not taken for it
+
+
+def test_no_transfer_after_as_of_is_asked_again_by_each_batch() -> None:
+    """Transfers may still be arriving: a batch that trusted an earlier no would count one after ``as_of``."""
+    answers = [False, False, True]
+    asked: list[bool] = []
+
+    def ask() -> bool:
+        asked.append(answers[len(asked)])
+        return asked[-1]
+
+    cache = WindowCache().bind("r1")
+    assert [cache.transfers_after(100, ask) for _ in range(4)] == [False, False, True, True]
+    assert asked == [False, False, True]  # the yes is kept
