@@ -141,8 +141,9 @@ def _migrate(settings: Settings) -> None:
         raise RuntimeError(f"airflow db migrate failed (exit {code}); see {log}")
 
 
-EXECUTION_API_BUILD_SECONDS = 60
-"""How long the API server may take to answer its first execution API request (about 5 s on 2 cores)."""
+EXECUTION_API_PROBE_SECONDS = 15
+"""How long one health probe waits for the execution API (its first answer took about 5 s on 2 cores): a
+probe that times out counts as not ready yet, and the server goes on building it for the next probe."""
 
 
 def _airflow_health(settings: Settings, component: str | None) -> str:
@@ -162,7 +163,7 @@ def _warm_execution_api(settings: Settings) -> None:
     """Ask the execution API for its health. The API server builds that app on its first request, which took
     5.5 s: without this, the first task after a start (``plan``, in ``make demo``) paid it before its first
     line."""
-    with urllib.request.urlopen(f"{api_url(settings)}/execution/health", timeout=EXECUTION_API_BUILD_SECONDS):
+    with urllib.request.urlopen(f"{api_url(settings)}/execution/health", timeout=EXECUTION_API_PROBE_SECONDS):
         pass
 
 
