@@ -27,12 +27,12 @@ def packed_ids(ids: np.ndarray) -> np.ndarray | None:
     return packed.view(">u8").ravel().astype(np.uint64)
 
 
-def _among(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Whether each of ``values`` is one of ``wanted`` (ascending, distinct)."""
-    if not len(wanted):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(wanted, values), len(wanted) - 1)
-    return wanted[at] == values
+def lookup(keys: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ascending distinct ``keys``: each wanted key's position in them, and whether it is there."""
+    if not len(keys):
+        return np.zeros(len(want), dtype=np.int64), np.zeros(len(want), dtype=bool)
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    return at, keys[at] == want
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Transfers:
             keep = np.isin(self.payer, accounts) | np.isin(self.payee, accounts)
         else:
             wanted = np.unique(wanted)
-            keep = _among(self.packed[0], wanted) | _among(self.packed[1], wanted)
+            keep = lookup(wanted, self.packed[0])[1] | lookup(wanted, self.packed[1])[1]
         near = Transfers(self.payer[keep], self.payee[keep], self.ts[keep])
         if self.packed is not None:  # the pattern engine codes the ball's ids from these
             object.__setattr__(near, "packed", (self.packed[0][keep], self.packed[1][keep]))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, packed_ids
+from fx_workers.engine.batch import PATTERN_WINDOW, BatchInput, lookup, packed_ids
 from fx_workers.engine.features import FLOW
 from fx_workers.engine.spec import FeatureGroup
 
@@ -96,14 +96,6 @@ def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ascending ``key``: where each run of equal values starts, and its length."""
     first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else np.zeros(0, np.int64)
     return first, np.diff(np.append(first, len(key)))
-
-
-def _lookup(keys: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ascending distinct ``keys``: each wanted key's position in them, and whether it is there."""
-    if not len(keys):
-        return np.zeros(len(want), dtype=np.int64), np.zeros(len(want), dtype=bool)
-    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-    return at, keys[at] == want
 
 
 def _falls_once(ts: list[np.ndarray]) -> np.ndarray:
@@ -179,7 +171,7 @@ class WindowGraph:
 
     def find(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """The edge index of each ``src → dst``, or -1 where there is none."""
-        at, there = _lookup(self.keys, src * self.ncodes + dst)
+        at, there = lookup(self.keys, src * self.ncodes + dst)
         return np.where(there, at, -1)
 
     @cached_property
@@ -202,12 +194,9 @@ class WindowGraph:
     def last_ts(self, edges: np.ndarray) -> np.ndarray:
         return self._last_ts[edges]
 
-    def next_ts(self, edges: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """The earliest ts of each edge strictly after ``after`` (:data:`NEVER` where there is none)."""
-        return self._next_ts(edges, self.first_ts(edges), self.last_ts(edges), after)
-
-    def _next_ts(self, edges: np.ndarray, first: np.ndarray, last: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """:meth:`next_ts` given the edges' first and last ts."""
+    def next_ts(self, edges: np.ndarray, first: np.ndarray, last: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The earliest ts of each edge strictly after ``after`` (:data:`NEVER` where there is none), given the
+        edges' first and last ts."""
         out = np.where(first > after, first, NEVER)
         many = (first <= after) & (after < last)  # so the edge has several transfers
         if many.any():  # the next ts is inside the edge's list: one search in the (edge, ts) order
@@ -241,7 +230,7 @@ class WindowGraph:
             t = first[start][rows]
             for step in range(1, k):  # the cycles still possible from this start, fewer at each step
                 i = (start + step) % k
-                t = self._next_ts(edges[i][rows], first[i][rows], last[i][rows], t)
+                t = self.next_ts(edges[i][rows], first[i][rows], last[i][rows], t)
                 rows, t = rows[t != NEVER], t[t != NEVER]
             found[rows] = True
         ok[several[found]] = True
@@ -317,7 +306,7 @@ class PatternContext:
         f_key = f_row * self.ncodes + b
         # length 3: v → a → b → v, b among v's payers (in-edges by row, then payer: their keys ascend)
         i_row, i_edge = g.in_edges(codes[rows])
-        at, closed = _lookup(rows[i_row] * self.ncodes + g.src[i_edge], f_key)
+        at, closed = lookup(rows[i_row] * self.ncodes + g.src[i_edge], f_key)
         yield f_row[closed], [e1[closed], e2[closed], i_edge[at[closed]]]
         # length 4: v → a → b → c → v, joining v → a → b with b → c → v on (v, b)
         k_row, e4, e3 = self._two_paths(rows, forward=False)  # e4 = c → v, e3 = b → c
@@ -326,7 +315,7 @@ class PatternContext:
         k_key, order = _sort_stamped(k_row[keep] * self.ncodes + kb[keep], np.flatnonzero(keep))
         e4, e3 = e4[order], e3[order]
         first, size = _runs(k_key)
-        at, joined = _lookup(k_key[first], f_key)
+        at, joined = lookup(k_key[first], f_key)
         lo, size = np.append(first, 0)[at], np.where(joined, np.append(size, 0)[at], 0)  # 0 stands in for none
         for part in _chunks(size):
             f, k = _expand(lo[part], size[part])
