@@ -65,7 +65,9 @@ class Transfers:
 
     @property
     def nbytes(self) -> int:
-        return self.payer.nbytes + self.payee.nbytes + self.ts.nbytes
+        """The columns' bytes, and the packed ids' (16 a transfer) where the ids pack: a run's window keeps both."""
+        columns = self.payer.nbytes + self.payee.nbytes + self.ts.nbytes
+        return columns if self.packed is None else columns + self.packed[0].nbytes + self.packed[1].nbytes
 
     @cached_property
     def packed(self) -> tuple[np.ndarray, np.ndarray] | None:

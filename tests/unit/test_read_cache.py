@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fx_workers.engine.batch import Counts
+from fx_workers.engine.batch import Counts, Transfers
 from fx_workers.engine.graph import WindowCache
 
 
@@ -83,3 +83,16 @@ def test_no_transfer_after_as_of_is_asked_again_by_each_batch() -> None:
     cache = WindowCache().bind("r1")
     assert [cache.transfers_after(100, ask) for _ in range(4)] == [False, False, True, True]
     assert asked == [False, False, True]  # the yes is kept
+
+
+def test_a_window_too_big_with_its_packed_ids_is_not_kept() -> None:
+    """The packed ids (16 bytes a transfer) count against ``max_bytes``, as the cache keeps them too."""
+    window = Transfers(np.array(["a", "b"]), np.array(["b", "c"]), np.array([1, 2], dtype=np.int64))
+    columns = window.payer.nbytes + window.payee.nbytes + window.ts.nbytes
+    assert window.nbytes == columns + 2 * 16
+    cache = WindowCache(max_bytes=columns).bind("r1")
+    cache.keep(window)
+    assert cache.window is None
+    cache = WindowCache(max_bytes=columns + 32).bind("r1")
+    cache.keep(window)
+    assert cache.window is window
