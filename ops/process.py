@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -107,16 +107,30 @@ def health_from(checks: Callable[[Settings], Iterator[Check]], settings: Setting
 
 @dataclass(frozen=True)
 class PidRecord:
-    """A started process: the PID plus its start time, so a reused PID is never mistaken for it."""
+    """A started process: the PID plus its start time, so a reused PID is never mistaken for it.
+
+    The start is compared as time since boot (``create_time - boot_time``): a VM's clock can be stepped
+    while the stack runs (21.7 s here once, mid-CI), which moves every process's ``create_time`` and the
+    boot time alike; compared as wall time, every service then looked gone, and ``make up`` tried to start
+    them again on their own ports. A record without ``boot_time`` (an older ``make up``'s) is compared as
+    wall time."""
 
     pid: int
     create_time: float
+    boot_time: float | None = None
+
+    @classmethod
+    def of(cls, pid: int) -> PidRecord:
+        return cls(pid, psutil.Process(pid).create_time(), psutil.boot_time())
 
     def process(self) -> psutil.Process | None:
         """The live process, or None when it exited (zombies count as exited)."""
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
+            started, recorded = proc.create_time(), self.create_time
+            if self.boot_time is not None:
+                started, recorded = started - psutil.boot_time(), recorded - self.boot_time
+            if abs(started - recorded) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
                 return None
         except psutil.NoSuchProcess:
             return None
@@ -224,8 +238,7 @@ def start(service: Service, layout: Layout, env: dict[str, str]) -> subprocess.P
         proc = subprocess.Popen((program, *service.command[1:]), cwd=REPO_ROOT, env=environment,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    record = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
-    layout.pid_file(service.name).write_text(json.dumps(record) + "\n")
+    layout.pid_file(service.name).write_text(json.dumps(asdict(PidRecord.of(proc.pid))) + "\n")
     print(f"{service.name}: started (pid {proc.pid}), log {show(log)}")
     return proc
 

@@ -97,8 +97,20 @@ def test_the_env_file_exports_the_config_and_puts_the_venv_first(
 
 def test_a_pid_record_refuses_a_reused_pid() -> None:
     me = psutil.Process()
-    assert PidRecord(me.pid, me.create_time()).process() is not None
+    assert PidRecord.of(me.pid).process() is not None
+    assert PidRecord(me.pid, me.create_time() - 100, psutil.boot_time()).process() is None
+    assert PidRecord(me.pid, me.create_time()).process() is not None  # an older make up's record
     assert PidRecord(me.pid, me.create_time() - 100).process() is None
+
+
+def test_a_pid_record_survives_a_step_of_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stepped wall clock moves create_time and boot_time alike; the process is still the one started."""
+    me = psutil.Process()
+    record = PidRecord.of(me.pid)
+    step = 21.7
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self, real=psutil.Process.create_time: real(self) + step)
+    monkeypatch.setattr(psutil, "boot_time", lambda real=psutil.boot_time: real() + step)
+    assert record.process() is not None
 
 
 def test_up_starts_detached_waits_for_health_and_down_stops_by_pid(
